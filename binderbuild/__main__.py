@@ -1,0 +1,3 @@
+from binderbuild.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""Build backends: the local Docker engine, and Kubernetes build pods."""

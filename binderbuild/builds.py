@@ -1,0 +1,288 @@
+"""One build per image, a queue for build slots, and fan-out to every client.
+
+``BuildManager.submit`` returns the in-flight ``Build`` for an image when
+there is one, so any number of clients asking for the same image attach to a
+single build. Each ``Build`` keeps its events in order; a client that attaches
+late (or reconnects with the index of the last event it saw) first gets the
+events it has not seen, then the live ones: there is one reader of the
+backend per build and every viewer just walks the list.
+
+A client going away never stops a build; only ``cancel`` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from binderbuild.builders.base import Builder
+from binderbuild.errors import (
+    BinderBuildError,
+    BuildCancelled,
+    BuildFailed,
+    BuildTimeout,
+)
+from binderbuild.events import Phase, ProgressEvent, event
+from binderbuild.models import BuildJob
+
+log = logging.getLogger("binderbuild.builds")
+
+
+class BuildState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (BuildState.SUCCEEDED, BuildState.FAILED, BuildState.CANCELLED)
+
+
+@dataclass(eq=False)
+class Build:
+    """One build of one image, shared by all its clients."""
+
+    job: BuildJob
+    id: str = field(default_factory=lambda: secrets.token_hex(8))
+    state: BuildState = BuildState.QUEUED
+    events: list[ProgressEvent] = field(default_factory=list)
+    error: BinderBuildError | None = None
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    queue_position: int | None = None
+    _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    _task: asyncio.Task[None] | None = field(default=None, repr=False)
+    _dropped_lines: int = 0
+
+    @property
+    def image_name(self) -> str:
+        return self.job.image.name
+
+    def append(self, ev: ProgressEvent) -> None:
+        self.events.append(ev)
+        # Wake every follower, then arm a fresh event for the next wait.
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def finish(self, state: BuildState, final: ProgressEvent, error: BinderBuildError | None) -> None:
+        self.state = state
+        self.error = error
+        self.finished = time.time()
+        self.queue_position = None
+        self.append(final)
+
+    async def follow(self, after: int = -1) -> AsyncIterator[tuple[int, ProgressEvent]]:
+        """Yield (index, event) for every event after index ``after``, live, until the
+        final event has been yielded."""
+        index = after + 1
+        while True:
+            while index < len(self.events):
+                yield index, self.events[index]
+                index += 1
+            if self.state.finished:
+                return
+            await self._changed.wait()
+
+    async def wait(self) -> None:
+        async for _ in self.follow(len(self.events) - 1):
+            pass
+
+
+class BuildManager:
+    """Deduplicates builds by image build name and runs at most ``concurrency`` at once."""
+
+    def __init__(
+        self,
+        builder: Builder,
+        *,
+        concurrency: int,
+        build_timeout: float,
+        idle_timeout: float,
+        max_log_events: int = 50_000,
+        keep_finished: int = 500,
+    ) -> None:
+        self.builder = builder
+        self.concurrency = max(1, concurrency)
+        self.build_timeout = build_timeout
+        self.idle_timeout = idle_timeout
+        self.max_log_events = max_log_events
+        self.keep_finished = keep_finished
+        self._active: dict[str, Build] = {}  # build_name -> in-flight build
+        self._by_id: OrderedDict[str, Build] = OrderedDict()
+        self._queue: list[Build] = []
+        self._running = 0
+        self.on_started: list[Callable[[Build], None]] = []
+        self.on_finished: list[Callable[[Build], None]] = []
+        self.joins = 0  # clients that attached to a build someone else started
+
+    # --- queries ----------------------------------------------------------
+
+    def get(self, build_id: str) -> Build | None:
+        return self._by_id.get(build_id)
+
+    def active_for(self, build_name: str) -> Build | None:
+        return self._active.get(build_name)
+
+    @property
+    def queue_length(self) -> int:
+        return len(self._queue)
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+    def builds(self) -> list[Build]:
+        return list(self._by_id.values())
+
+    # --- commands ---------------------------------------------------------
+
+    def submit(self, job: BuildJob) -> tuple[Build, bool]:
+        """Return (build, created). Joins the in-flight build of the same image."""
+        existing = self._active.get(job.image.build_name)
+        if existing is not None:
+            self.joins += 1
+            return existing, False
+        build = Build(job=job)
+        self._active[job.image.build_name] = build
+        self._remember(build)
+        self._queue.append(build)
+        self._schedule()
+        if build.state is BuildState.QUEUED:
+            self._announce_positions()
+        return build, True
+
+    async def cancel(self, build_id: str) -> Build | None:
+        build = self._by_id.get(build_id)
+        if build is None or build.state.finished:
+            return build
+        if build in self._queue:
+            self._queue.remove(build)
+            self._release(build)
+            build.finish(BuildState.CANCELLED, _cancelled_event(), BuildCancelled("Build cancelled."))
+            self._notify_finished(build)
+            self._announce_positions()
+        elif build._task is not None:
+            build._task.cancel()
+            await asyncio.gather(build._task, return_exceptions=True)
+        return build
+
+    async def close(self) -> None:
+        for build in list(self._queue):
+            await self.cancel(build.id)
+        tasks = [b._task for b in self._active.values() if b._task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # --- internals ----------------------------------------------------------
+
+    def _remember(self, build: Build) -> None:
+        self._by_id[build.id] = build
+        finished = [b for b in self._by_id.values() if b.state.finished]
+        for old in finished[: max(0, len(finished) - self.keep_finished)]:
+            self._by_id.pop(old.id, None)
+
+    def _release(self, build: Build) -> None:
+        if self._active.get(build.job.image.build_name) is build:
+            del self._active[build.job.image.build_name]
+
+    def _schedule(self) -> None:
+        while self._queue and self._running < self.concurrency:
+            build = self._queue.pop(0)
+            self._running += 1
+            build.state = BuildState.RUNNING
+            build.started = time.time()
+            build.queue_position = None
+            build._task = asyncio.create_task(self._run(build), name=f"build {build.id}")
+        self._announce_positions()
+
+    def _announce_positions(self) -> None:
+        for position, build in enumerate(self._queue, start=1):
+            if build.queue_position != position:
+                build.queue_position = position
+                build.append(
+                    event(
+                        Phase.WAITING,
+                        f"Waiting for a build slot: position {position} in the queue "
+                        f"({self._running} builds running).\n",
+                        position=position,
+                    )
+                )
+
+    async def _run(self, build: Build) -> None:
+        job = build.job
+        logger = logging.LoggerAdapter(log, {"build_id": build.id, "image": job.image.name})
+        logger.info("build started")
+        for callback in self.on_started:
+            callback(build)
+        build.append(event(Phase.WAITING, "Build starting.\n"))
+        loop = asyncio.get_running_loop()
+        hard_deadline = loop.time() + self.build_timeout
+        state, error = BuildState.SUCCEEDED, None
+        try:
+            async with asyncio.timeout(min(hard_deadline, loop.time() + self.idle_timeout)) as cm:
+                async for ev in self.builder.build(job):
+                    self._record(build, ev)
+                    cm.reschedule(min(hard_deadline, loop.time() + self.idle_timeout))
+        except TimeoutError:
+            if loop.time() >= hard_deadline - 0.01:
+                why = f"Build exceeded the time limit of {self.build_timeout:g} seconds."
+            else:
+                why = f"Build produced no output for {self.idle_timeout:g} seconds."
+            state, error = BuildState.FAILED, BuildTimeout(why)
+        except asyncio.CancelledError:
+            state, error = BuildState.CANCELLED, BuildCancelled("Build cancelled.")
+        except BuildFailed as exc:
+            state, error = BuildState.FAILED, exc
+        except BinderBuildError as exc:
+            state, error = BuildState.FAILED, exc
+        except Exception as exc:  # a bug in a backend must not kill the service
+            logger.exception("build backend crashed")
+            state, error = BuildState.FAILED, BuildFailed(f"Internal build error: {exc}")
+        finally:
+            self._running -= 1
+            self._release(build)
+        if state is BuildState.SUCCEEDED:
+            final = event(Phase.BUILT, "Built image.\n", imageName=job.image.name)
+        elif state is BuildState.CANCELLED:
+            final = _cancelled_event()
+        else:
+            final = event(Phase.FAILED, f"Build failed: {error}\n")
+        build.finish(state, final, error)
+        logger.info("build finished: %s", state.value)
+        self._notify_finished(build)
+        self._schedule()
+
+    def _record(self, build: Build, ev: ProgressEvent) -> None:
+        if len(build.events) < self.max_log_events or ev.phase is not Phase.BUILDING:
+            build.append(ev)
+            return
+        build._dropped_lines += 1
+        if build._dropped_lines == 1:
+            build.append(
+                event(
+                    Phase.BUILDING,
+                    f"[binderbuild] log exceeds {self.max_log_events} lines; "
+                    "further build output is not streamed.\n",
+                )
+            )
+
+    def _notify_finished(self, build: Build) -> None:
+        for callback in self.on_finished:
+            try:
+                callback(build)
+            except Exception:
+                log.exception("on_finished callback failed")
+
+
+def _cancelled_event() -> ProgressEvent:
+    return event(Phase.FAILED, "Build cancelled.\n")

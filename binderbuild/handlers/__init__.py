@@ -1,0 +1,1 @@
+"""Tornado handlers: they adapt requests and responses and do nothing else."""

@@ -1,0 +1,59 @@
+"""Shared handler behaviour: the context, client identity, JSON errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from tornado.web import HTTPError, RequestHandler
+
+from binderbuild.errors import BinderBuildError
+from binderbuild.handlers.errors import http_status, retry_after
+
+if TYPE_CHECKING:
+    from binderbuild.context import Context
+
+log = logging.getLogger("binderbuild.web")
+
+
+class BaseHandler(RequestHandler):
+    @property
+    def ctx(self) -> Context:
+        return self.settings["binderbuild"]  # type: ignore[no-any-return]
+
+    @property
+    def client_ip(self) -> str:
+        return self.ctx.client_ip(self.request)
+
+    @property
+    def launch_host(self) -> str:
+        configured = self.ctx.settings.launch_host
+        if configured:
+            return configured
+        return f"{self.request.protocol}://{self.request.host}{self.ctx.settings.base_url}"
+
+    def set_default_headers(self) -> None:
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "same-origin")
+        for name, value in self.settings.get("extra_headers", {}).items():
+            self.set_header(name, value)
+
+    def write_json(self, data: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps(data))
+
+    def send_binder_error(self, exc: BinderBuildError) -> None:
+        status = http_status(exc)
+        if (after := retry_after(exc)) is not None:
+            self.set_header("Retry-After", str(int(after) + 1))
+        self.write_json({"message": exc.message, "status_code": status}, status)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        message = self._reason
+        exc_info = kwargs.get("exc_info")
+        if exc_info and isinstance(exc_info[1], HTTPError) and exc_info[1].log_message:
+            message = exc_info[1].log_message
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps({"message": message, "status_code": status_code}))

@@ -1,0 +1,140 @@
+"""One shared async HTTP client for every outbound call (providers, registry, hub).
+
+A thin layer over Tornado's client so that:
+- HTTP error statuses are returned, not raised: callers decide what a 404 means;
+- network failures become ``TransportError`` with a message safe to show;
+- tests can replace the transport (recordings of hosted APIs) by subclassing
+  ``HttpClient`` and overriding ``send``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+from binderbuild.errors import UpstreamError
+
+
+class TransportError(UpstreamError):
+    """No HTTP answer at all: refused, reset, DNS failure, timeout."""
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    url: str = ""
+    elapsed: float = 0.0
+
+    def json(self) -> Any:
+        return json.loads(self.body or b"null")
+
+    def header(self, name: str, default: str = "") -> str:
+        for key, value in self.headers.items():
+            if key.lower() == name.lower():
+                return value
+        return default
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequestSpec:
+    method: str
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes | None = None
+    timeout: float = 10.0
+    auth: tuple[str, str] | None = None
+    follow_redirects: bool = True
+
+
+def redact_url(url: str) -> str:
+    """Drop user:password from a URL before it is logged or shown."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+class HttpClient:
+    """Shared client; create once at startup, ``close()`` at shutdown."""
+
+    def __init__(self, user_agent: str = "binderbuild", max_clients: int = 64) -> None:
+        self.user_agent = user_agent
+        # force_instance: our own client, not Tornado's per-loop singleton that
+        # other code (pytest-tornado's http_client) may close under us.
+        self._client = AsyncHTTPClient(force_instance=True, max_clients=max_clients)
+        self.observers: list[Callable[[HttpRequestSpec, HttpResponse], None]] = []
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        body: bytes | str | None = None,
+        json_body: Any = None,
+        timeout: float = 10.0,
+        auth: tuple[str, str] | None = None,
+        follow_redirects: bool = True,
+    ) -> HttpResponse:
+        hdrs = {"User-Agent": self.user_agent}
+        hdrs.update(headers or {})
+        if json_body is not None:
+            body = json.dumps(json_body)
+            hdrs.setdefault("Content-Type", "application/json")
+        if isinstance(body, str):
+            body = body.encode()
+        spec = HttpRequestSpec(method, url, hdrs, body, timeout, auth, follow_redirects)
+        response = await self.send(spec)
+        for observe in self.observers:
+            observe(spec, response)
+        return response
+
+    async def send(self, spec: HttpRequestSpec) -> HttpResponse:
+        body = spec.body
+        if body is None and spec.method in ("POST", "PUT", "PATCH"):
+            body = b""
+        req = HTTPRequest(
+            spec.url,
+            method=spec.method,
+            headers=dict(spec.headers),
+            body=body,
+            connect_timeout=min(spec.timeout, 10.0),
+            request_timeout=spec.timeout,
+            auth_username=spec.auth[0] if spec.auth else None,
+            auth_password=spec.auth[1] if spec.auth else None,
+            follow_redirects=spec.follow_redirects,
+            allow_nonstandard_methods=True,
+        )
+        try:
+            resp = await self._client.fetch(req, raise_error=False)
+        except HTTPClientError as exc:  # pragma: no cover - raise_error=False
+            resp = exc.response
+            if resp is None:
+                raise TransportError(f"{redact_url(spec.url)}: {exc}") from None
+        except Exception as exc:
+            # Tornado raises OSError/TimeoutError/ssl errors for transport failures.
+            raise TransportError(
+                f"{redact_url(spec.url)}: {type(exc).__name__}: {exc}"
+            ) from None
+        if resp.code == 599:
+            raise TransportError(f"{redact_url(spec.url)}: {resp.error}")
+        return HttpResponse(
+            status=resp.code,
+            headers=dict(resp.headers.get_all()),
+            body=resp.body or b"",
+            url=resp.effective_url,
+            elapsed=resp.request_time or 0.0,
+        )
+
+    def close(self) -> None:
+        self._client.close()

@@ -1,0 +1,24 @@
+"""Start a Jupyter server from a built image (the contract; HubLauncher implements it)."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from typing import Any
+
+from binderbuild.events import ProgressEvent
+from binderbuild.models import LaunchRequest, LaunchResult
+
+
+class Launcher(abc.ABC):
+    @abc.abstractmethod
+    def launch(self, request: LaunchRequest) -> AsyncIterator[ProgressEvent | LaunchResult]:
+        """Yield ``launching`` events while the server starts, then exactly one
+        ``LaunchResult``. Raises LaunchFailed (with the hub's real reason),
+        QuotaExceeded, HubError. When cancelled, leaves nothing half-started."""
+
+    async def check(self) -> dict[str, Any]:
+        return {}
+
+    async def close(self) -> None:
+        pass

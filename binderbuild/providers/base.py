@@ -1,0 +1,137 @@
+"""The contract every repository provider implements.
+
+A provider turns a spec (the part of a Binder URL after the provider prefix)
+into a ``ResolvedRef``: the immutable ref, the URL repo2docker fetches and the
+browse URL. Providers do no caching themselves (the pipeline caches results)
+and keep no per-request state on ``self``.
+
+To add one: subclass ``RepoProvider``, set the class attributes, implement
+``parse`` and ``resolve``, and list it in ``BinderBuild.repo_providers``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from traitlets import Dict, List, Unicode
+from traitlets.config import LoggingConfigurable
+
+from binderbuild.errors import SpecError
+from binderbuild.http import HttpClient
+from binderbuild.models import ResolvedRef
+from binderbuild.netsafety import IPNetwork
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedSpec:
+    """A validated spec: repository part and (unresolved) ref."""
+
+    repo: str
+    ref: str
+
+
+def reject_control_chars(value: str, what: str) -> None:
+    if _CONTROL.search(value):
+        raise SpecError(f"The {what} contains control characters.")
+
+
+class RepoProvider(LoggingConfigurable):
+    """Base class. Subclasses set the ClassVars and implement parse/resolve."""
+
+    provider_id: ClassVar[str] = ""
+    display_name: ClassVar[str] = ""
+    # repo2docker content provider that fetches what repo_url points at.
+    content_provider: ClassVar[str] = "git"
+    # Describes the form fields for UIs (/api/repoproviders).
+    repo_label: ClassVar[str] = "Repository"
+    repo_placeholder: ClassVar[str] = ""
+    # A JavaScript-compatible regex the *repository* field must match.
+    repo_regex: ClassVar[str] = ".+"
+    uses_ref: ClassVar[bool] = True
+    ref_label: ClassVar[str] = "Git ref (branch, tag, or commit)"
+
+    default_ref = Unicode(
+        "HEAD", config=True, help="Ref used when a spec or the home page form leaves it empty."
+    )
+    banned_specs = List(
+        Unicode(),
+        config=True,
+        help="Regular expressions; a spec matching any of them is refused (403).",
+    )
+    allowed_specs = List(
+        Unicode(),
+        config=True,
+        help="Regular expressions; when set, only specs matching one of them are served.",
+    )
+    high_quota_specs = List(
+        Unicode(),
+        config=True,
+        help="Regular expressions for specs that get BinderBuild.per_repo_quota_higher.",
+    )
+    spec_config = List(
+        Dict(),
+        config=True,
+        help="""Per-spec overrides: a list of {"pattern": regex, "config": {...}}.
+        Keys of every matching entry are merged in order, e.g.
+        {"pattern": "^org/big-course.*", "config": {"quota": 200}}.""",
+    )
+
+    def __init__(
+        self,
+        *,
+        http: HttpClient | None = None,
+        allowed_internal_networks: list[IPNetwork] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.http = http
+        self.allowed_internal_networks = list(allowed_internal_networks or [])
+
+    # --- to implement -------------------------------------------------------
+
+    def parse(self, spec: str) -> ParsedSpec:
+        """Validate a spec without any I/O; raise SpecError with a clear message."""
+        raise NotImplementedError
+
+    async def resolve(self, spec: str) -> ResolvedRef:
+        """Resolve the spec's ref to an immutable id.
+
+        Raises RefNotFound, SpecError/UnsafeURL, ProviderError (upstream down),
+        ProviderRateLimited.
+        """
+        raise NotImplementedError
+
+    # --- shared behaviour ---------------------------------------------------
+
+    def is_banned(self, spec: str) -> bool:
+        if any(re.match(p, spec) for p in self.banned_specs):
+            return True
+        return bool(self.allowed_specs) and not any(re.match(p, spec) for p in self.allowed_specs)
+
+    def has_higher_quota(self, spec: str) -> bool:
+        return any(re.match(p, spec) for p in self.high_quota_specs)
+
+    def repo_config(self, spec: str) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        for entry in self.spec_config:
+            if re.match(entry.get("pattern", "$^"), spec):
+                merged.update(entry.get("config", {}))
+        return merged
+
+    def describe(self) -> dict[str, Any]:
+        """The provider's entry in /api/repoproviders."""
+        return {
+            "id": self.provider_id,
+            "displayName": self.display_name,
+            "regex": self.repo_regex,
+            "repo": {"label": self.repo_label, "placeholder": self.repo_placeholder},
+            "ref": {
+                "enabled": self.uses_ref,
+                "label": self.ref_label,
+                "default": self.default_ref if self.uses_ref else "",
+            },
+        }

@@ -1,0 +1,205 @@
+"""Where built images live, and how to ask whether one exists.
+
+``RegistryClient`` speaks the Docker Registry HTTP API v2 (anonymous, HTTP
+basic, or a bearer token fetched from the realm a 401 names).
+``LocalImageStore`` is the single-machine default: the local Docker engine's
+image store is the cache and nothing is pushed.
+
+Rule: only a definite 404 means "missing". Any other answer (401 after auth,
+5xx, timeouts, garbage) raises ``RegistryError``: a registry outage must never
+start a rebuild storm.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import re
+import time
+from base64 import b64encode
+from typing import Any
+
+from binderbuild.errors import RegistryError
+from binderbuild.http import HttpClient, TransportError, redact_url
+from binderbuild.models import ImageSpec
+
+MANIFEST_TYPES = ", ".join(
+    [
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    ]
+)
+
+_CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
+
+
+def repository_path(repository: str) -> str:
+    """Strip a registry host from an image repository (Docker's rule: the first
+    component is a host when it has a '.' or ':' or is 'localhost')."""
+    first, sep, rest = repository.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return rest
+    return repository
+
+
+def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    scheme, _, params = header.strip().partition(" ")
+    return scheme.lower(), dict(_CHALLENGE_PARAM.findall(params))
+
+
+class ImageStore(abc.ABC):
+    """Answers "is this image already built?"."""
+
+    #: whether builds push to this store (False: the image stays on the engine)
+    pushes = True
+
+    @abc.abstractmethod
+    async def image_digest(self, image: ImageSpec) -> str | None:
+        """Digest (or id) of the image, None when it definitely does not exist.
+
+        Raises RegistryError for anything that is not a definite answer.
+        """
+
+    async def image_exists(self, image: ImageSpec) -> bool:
+        return await self.image_digest(image) is not None
+
+    @abc.abstractmethod
+    async def check(self) -> dict[str, Any]:
+        """Health probe; raises RegistryError when unreachable."""
+
+
+class RegistryClient(ImageStore):
+    def __init__(
+        self,
+        http: HttpClient,
+        url: str,
+        username: str = "",
+        password: str = "",
+        timeout: float = 10.0,
+    ) -> None:
+        self.http = http
+        self.url = url.rstrip("/")
+        self.username = username
+        self.password = password
+        self.timeout = timeout
+        self._tokens: dict[str, tuple[str, float]] = {}  # scope -> (token, expiry)
+
+    def _basic(self) -> str | None:
+        if not self.username:
+            return None
+        raw = f"{self.username}:{self.password}".encode()
+        return "Basic " + b64encode(raw).decode()
+
+    async def _get(self, url: str, headers: dict[str, str]) -> Any:
+        try:
+            return await self.http.request("GET", url, headers=headers, timeout=self.timeout)
+        except TransportError as exc:
+            raise RegistryError(f"Container registry unreachable: {exc}") from None
+
+    async def _bearer_token(self, challenge: dict[str, str], scope_key: str) -> str:
+        cached = self._tokens.get(scope_key)
+        if cached and cached[1] > time.monotonic():
+            return cached[0]
+        realm = challenge.get("realm")
+        if not realm:
+            raise RegistryError("Registry asked for a bearer token but named no realm.")
+        query = "&".join(
+            f"{k}={v}" for k, v in (("service", challenge.get("service")), ("scope", scope_key)) if v
+        )
+        headers: dict[str, str] = {}
+        if basic := self._basic():
+            headers["Authorization"] = basic
+        resp = await self._get(f"{realm}?{query}" if query else realm, headers)
+        if resp.status != 200:
+            raise RegistryError(
+                f"Registry token service {redact_url(realm)} answered {resp.status}."
+            )
+        try:
+            body = resp.json()
+            token = body.get("token") or body["access_token"]
+        except (ValueError, KeyError, AttributeError):
+            raise RegistryError("Registry token service returned no token.") from None
+        expires_in = float(body.get("expires_in", 60))
+        # Renew a little early so a token never expires between check and use.
+        self._tokens[scope_key] = (token, time.monotonic() + max(expires_in - 10, 5))
+        return token
+
+    async def _authorized_get(self, url: str, scope: str, accept: str = "") -> Any:
+        headers = {"Accept": accept} if accept else {}
+        cached = self._tokens.get(scope)
+        if cached and cached[1] > time.monotonic():
+            headers["Authorization"] = f"Bearer {cached[0]}"
+        elif basic := self._basic():
+            headers["Authorization"] = basic
+        resp = await self._get(url, headers)
+        if resp.status != 401:
+            return resp
+        scheme, params = parse_challenge(resp.header("WWW-Authenticate"))
+        if scheme == "bearer":
+            headers["Authorization"] = "Bearer " + await self._bearer_token(params, scope)
+        elif scheme == "basic" and (basic := self._basic()):
+            if headers.get("Authorization") == basic:
+                raise RegistryError("Registry refused the configured credentials (401).")
+            headers["Authorization"] = basic
+        else:
+            raise RegistryError("Registry requires authentication and none is configured (401).")
+        resp = await self._get(url, headers)
+        if resp.status == 401:
+            raise RegistryError("Registry refused the configured credentials (401).")
+        return resp
+
+    async def image_digest(self, image: ImageSpec) -> str | None:
+        name = repository_path(image.repository)
+        url = f"{self.url}/v2/{name}/manifests/{image.tag}"
+        resp = await self._authorized_get(url, f"repository:{name}:pull", MANIFEST_TYPES)
+        if resp.status == 200:
+            return resp.header("Docker-Content-Digest") or "present"
+        if resp.status == 404:
+            return None
+        raise RegistryError(
+            f"Container registry answered {resp.status} when asked for {image.name}; "
+            "not building until it gives a definite answer."
+        )
+
+    async def check(self) -> dict[str, Any]:
+        started = time.monotonic()
+        resp = await self._authorized_get(f"{self.url}/v2/", "registry:catalog:*")
+        if resp.status != 200:
+            raise RegistryError(f"Container registry /v2/ answered {resp.status}.")
+        return {"url": self.url, "latency_ms": round((time.monotonic() - started) * 1000, 1)}
+
+
+class LocalImageStore(ImageStore):
+    """The local Docker engine's image store (single machine, no registry)."""
+
+    pushes = False
+
+    def __init__(self, docker_client: Any) -> None:
+        self.docker = docker_client
+
+    async def image_digest(self, image: ImageSpec) -> str | None:
+        import docker.errors
+
+        def inspect() -> str | None:
+            try:
+                return str(self.docker.images.get(image.name).id)
+            except docker.errors.ImageNotFound:
+                return None
+
+        try:
+            return await asyncio.to_thread(inspect)
+        except docker.errors.DockerException as exc:
+            raise RegistryError(f"Docker engine image store unavailable: {exc}") from None
+        except OSError as exc:
+            raise RegistryError(f"Docker engine unreachable: {exc}") from None
+
+    async def check(self) -> dict[str, Any]:
+        import docker.errors
+
+        try:
+            await asyncio.to_thread(self.docker.ping)
+        except (docker.errors.DockerException, OSError) as exc:
+            raise RegistryError(f"Docker engine unreachable: {exc}") from None
+        return {"store": "local docker engine"}

@@ -1,0 +1,49 @@
+"""Keep secrets out of logs, events and metrics.
+
+``Scrubber`` replaces every configured secret value (registry password, hub
+token, provider tokens, build-token signing key) and any ``user:password@``
+credentials in URLs with ``***``. It is applied to build output before it
+becomes an event and installed as a logging filter on binderbuild's loggers.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s:@]+(:[^/\s@]*)?@")
+_TOKEN_LIKE = re.compile(r"(?i)(authorization:\s*(?:bearer|basic|token)\s+)\S+")
+
+
+class Scrubber:
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets: set[str] = set()
+        self.add(*secrets)
+
+    def add(self, *secrets: str) -> None:
+        # Very short values would blank out ordinary words; they are not
+        # meaningful secrets anyway.
+        self._secrets.update(s for s in secrets if s and len(s) >= 6)
+
+    def scrub(self, text: str) -> str:
+        for secret in sorted(self._secrets, key=len, reverse=True):
+            if secret in text:
+                text = text.replace(secret, "***")
+        text = _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
+        return _TOKEN_LIKE.sub(r"\1***", text)
+
+
+class ScrubbingFilter(logging.Filter):
+    """Logging filter: render the message, scrub it, and freeze the result."""
+
+    def __init__(self, scrubber: Scrubber) -> None:
+        super().__init__()
+        self.scrubber = scrubber
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        scrubbed = self.scrubber.scrub(message)
+        if scrubbed != message or record.args:
+            record.msg, record.args = scrubbed, None
+        return True
