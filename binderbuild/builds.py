@@ -7,7 +7,11 @@ late (or reconnects with the index of the last event it saw) first gets the
 events it has not seen, then the live ones: there is one reader of the
 backend per build and every viewer just walks the list.
 
-A client going away never stops a build; only ``cancel`` does.
+A client going away never stops a build by itself; ``cancel`` does, and so
+does the abandoned-build policy: with ``abandoned_grace`` > 0, a build that
+no client has followed (``Build.follow``) or looked at (``Build.touch``) for
+that many seconds is cancelled, so nobody's slot is spent on an image nobody
+waits for. ``Build.followers`` counts the clients following a build now.
 """
 
 from __future__ import annotations
@@ -62,6 +66,14 @@ class Build:
     _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _task: asyncio.Task[None] | None = field(default=None, repr=False)
     _dropped_lines: int = 0
+    forced: bool = False  # a forced rebuild (the registry check was skipped)
+    found_existing: bool = False  # records an image that existed; nothing was built
+    cancel_reason: str | None = None  # why it was cancelled, shown to its clients
+    followers: int = 0  # clients iterating follow() right now
+    # Last sign of a client's interest (monotonic clock): a follower coming or
+    # going, or a status request. The abandoned-build policy measures from it.
+    last_seen: float = field(default_factory=time.monotonic, repr=False)
+    _on_unwatched: Callable[[Build], None] | None = field(default=None, repr=False)
 
     @property
     def image_name(self) -> str:
@@ -80,20 +92,40 @@ class Build:
         self.queue_position = None
         self.append(final)
 
-    async def follow(self, after: int = -1) -> AsyncIterator[tuple[int, ProgressEvent]]:
+    def touch(self) -> None:
+        """Note that a client is interested in this build (resets the abandon clock)."""
+        self.last_seen = time.monotonic()
+
+    async def follow(
+        self, after: int = -1, *, watch: bool = True
+    ) -> AsyncIterator[tuple[int, ProgressEvent]]:
         """Yield (index, event) for every event after index ``after``, live, until the
-        final event has been yielded."""
-        index = after + 1
-        while True:
-            while index < len(self.events):
-                yield index, self.events[index]
-                index += 1
-            if self.state.finished:
-                return
-            await self._changed.wait()
+        final event has been yielded.
+
+        With ``watch`` (the default) the iteration counts as a client watching
+        the build in ``followers`` until the generator is closed.
+        """
+        if watch:
+            self.followers += 1
+            self.touch()
+        try:
+            index = after + 1
+            while True:
+                while index < len(self.events):
+                    yield index, self.events[index]
+                    index += 1
+                if self.state.finished:
+                    return
+                await self._changed.wait()
+        finally:
+            if watch:
+                self.followers -= 1
+                self.touch()
+                if self.followers == 0 and not self.state.finished and self._on_unwatched:
+                    self._on_unwatched(self)
 
     async def wait(self) -> None:
-        async for _ in self.follow(len(self.events) - 1):
+        async for _ in self.follow(len(self.events) - 1, watch=False):
             pass
 
 
@@ -109,6 +141,7 @@ class BuildManager:
         idle_timeout: float,
         max_log_events: int = 50_000,
         keep_finished: int = 500,
+        abandoned_grace: float = 0.0,
     ) -> None:
         self.builder = builder
         self.concurrency = max(1, concurrency)
@@ -123,6 +156,11 @@ class BuildManager:
         self.on_started: list[Callable[[Build], None]] = []
         self.on_finished: list[Callable[[Build], None]] = []
         self.joins = 0  # clients that attached to a build someone else started
+        # Seconds a build may go without any client before it is cancelled; 0: never.
+        self.abandoned_grace = abandoned_grace
+        self.abandoned = 0  # builds cancelled because nobody was watching
+        self._abandon_timers: dict[str, asyncio.TimerHandle] = {}
+        self._background: set[asyncio.Task[Build | None]] = set()
 
     # --- queries ----------------------------------------------------------
 
@@ -131,6 +169,16 @@ class BuildManager:
 
     def active_for(self, build_name: str) -> Build | None:
         return self._active.get(build_name)
+
+    def latest_for(self, build_name: str) -> Build | None:
+        """The in-flight build of an image, else the newest one still remembered."""
+        active = self._active.get(build_name)
+        if active is not None:
+            return active
+        for build in reversed(self._by_id.values()):
+            if build.job.image.build_name == build_name:
+                return build
+        return None
 
     @property
     def queue_length(self) -> int:
@@ -152,22 +200,52 @@ class BuildManager:
             self.joins += 1
             return existing, False
         build = Build(job=job)
+        build._on_unwatched = self._arm_abandon
         self._active[job.image.build_name] = build
         self._remember(build)
         self._queue.append(build)
         self._schedule()
         if build.state is BuildState.QUEUED:
             self._announce_positions()
+        # Armed from the start: a build submitted through the API and never
+        # followed or polled is abandoned too.
+        self._arm_abandon(build)
         return build, True
 
-    async def cancel(self, build_id: str) -> Build | None:
+    def record_existing(self, job: BuildJob) -> Build:
+        """Record that ``job.image`` already exists, as a finished build with an id.
+
+        Gives API clients one id per image even when the image was built
+        elsewhere or before this service remembered builds. Returns the
+        in-flight build instead when there is one.
+        """
+        existing = self._active.get(job.image.build_name)
+        if existing is not None:
+            return existing
+        build = Build(job=job, found_existing=True)
+        build.started = build.created
+        self._remember(build)
+        found = event(
+            Phase.BUILT, f"Found built image {job.image.name}.\n", imageName=job.image.name
+        )
+        build.finish(BuildState.SUCCEEDED, found, None)
+        self._notify_finished(build)
+        return build
+
+    async def cancel(self, build_id: str, reason: str | None = None) -> Build | None:
+        """Cancel a queued or running build; ``reason`` is shown to its clients."""
         build = self._by_id.get(build_id)
         if build is None or build.state.finished:
             return build
+        build.cancel_reason = reason or build.cancel_reason or "Build cancelled."
         if build in self._queue:
             self._queue.remove(build)
             self._release(build)
-            build.finish(BuildState.CANCELLED, _cancelled_event(), BuildCancelled("Build cancelled."))
+            build.finish(
+                BuildState.CANCELLED,
+                _cancelled_event(build.cancel_reason),
+                BuildCancelled(build.cancel_reason),
+            )
             self._notify_finished(build)
             self._announce_positions()
         elif build._task is not None:
@@ -179,9 +257,14 @@ class BuildManager:
         for build in list(self._queue):
             await self.cancel(build.id)
         tasks = [b._task for b in self._active.values() if b._task is not None]
+        for build in self._active.values():
+            build.cancel_reason = build.cancel_reason or "Build stopped: the service is shutting down."
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for handle in self._abandon_timers.values():
+            handle.cancel()
+        self._abandon_timers.clear()
 
     # --- internals ----------------------------------------------------------
 
@@ -221,7 +304,7 @@ class BuildManager:
     async def _run(self, build: Build) -> None:
         job = build.job
         logger = logging.LoggerAdapter(log, {"build_id": build.id, "image": job.image.name})
-        logger.info("build started")
+        logger.info("build started: %s", job.image.name)
         for callback in self.on_started:
             callback(build)
         build.append(event(Phase.WAITING, "Build starting.\n"))
@@ -240,7 +323,7 @@ class BuildManager:
                 why = f"Build produced no output for {self.idle_timeout:g} seconds."
             state, error = BuildState.FAILED, BuildTimeout(why)
         except asyncio.CancelledError:
-            state, error = BuildState.CANCELLED, BuildCancelled("Build cancelled.")
+            state, error = BuildState.CANCELLED, BuildCancelled(build.cancel_reason or "Build cancelled.")
         except BuildFailed as exc:
             state, error = BuildState.FAILED, exc
         except BinderBuildError as exc:
@@ -254,11 +337,11 @@ class BuildManager:
         if state is BuildState.SUCCEEDED:
             final = event(Phase.BUILT, "Built image.\n", imageName=job.image.name)
         elif state is BuildState.CANCELLED:
-            final = _cancelled_event()
+            final = _cancelled_event(build.cancel_reason)
         else:
             final = event(Phase.FAILED, f"Build failed: {error}\n")
         build.finish(state, final, error)
-        logger.info("build finished: %s", state.value)
+        logger.info("build finished: %s %s", job.image.name, state.value)
         self._notify_finished(build)
         self._schedule()
 
@@ -276,7 +359,35 @@ class BuildManager:
                 )
             )
 
+    def _arm_abandon(self, build: Build) -> None:
+        """(Re)start the abandon clock of a build that has no followers."""
+        if self.abandoned_grace <= 0 or build.state.finished:
+            return
+        old = self._abandon_timers.pop(build.id, None)
+        if old is not None:
+            old.cancel()
+        delay = max(0.0, build.last_seen + self.abandoned_grace - time.monotonic())
+        handle = asyncio.get_running_loop().call_later(delay, self._check_abandoned, build)
+        self._abandon_timers[build.id] = handle
+
+    def _check_abandoned(self, build: Build) -> None:
+        self._abandon_timers.pop(build.id, None)
+        if build.state.finished or build.followers > 0:
+            return  # the last follower to leave arms the clock again
+        if time.monotonic() - build.last_seen < self.abandoned_grace:
+            self._arm_abandon(build)  # a client looked at it meanwhile
+            return
+        self.abandoned += 1
+        log.info("cancelling build %s of %s: nobody is watching", build.id, build.image_name)
+        reason = f"Build cancelled: no client followed it for {self.abandoned_grace:g} seconds."
+        task = asyncio.create_task(self.cancel(build.id, reason), name=f"abandon {build.id}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def _notify_finished(self, build: Build) -> None:
+        handle = self._abandon_timers.pop(build.id, None)
+        if handle is not None:
+            handle.cancel()
         for callback in self.on_finished:
             try:
                 callback(build)
@@ -284,5 +395,5 @@ class BuildManager:
                 log.exception("on_finished callback failed")
 
 
-def _cancelled_event() -> ProgressEvent:
-    return event(Phase.FAILED, "Build cancelled.\n")
+def _cancelled_event(reason: str | None = None) -> ProgressEvent:
+    return event(Phase.FAILED, f"{reason or 'Build cancelled.'}\n")

@@ -22,6 +22,21 @@ class BaseHandler(RequestHandler):
     def ctx(self) -> Context:
         return self.settings["binderbuild"]  # type: ignore[no-any-return]
 
+    def raw_provider_and_spec(self, route_prefix: str) -> tuple[str, str]:
+        """(provider, spec) from the *raw* request path.
+
+        Tornado percent-decodes path arguments, which would turn the %2F of a
+        url-encoded git URL into '/' and make the spec ambiguous. Binder specs
+        are defined on the raw path, as BinderHub reads them.
+        ``route_prefix`` is the part after base_url, e.g. "build/".
+        """
+        prefix = self.ctx.settings.base_url + route_prefix
+        path = self.request.path
+        if not path.startswith(prefix):
+            raise HTTPError(404)
+        provider_id, _, spec = path[len(prefix) :].partition("/")
+        return provider_id, spec
+
     @property
     def client_ip(self) -> str:
         return self.ctx.client_ip(self.request)

@@ -83,7 +83,8 @@ class EventStreamHandler(BaseHandler):
 
 
 class BuildHandler(EventStreamHandler):
-    async def get(self, provider_id: str, spec: str) -> None:
+    async def get(self, *_route_args: str, **_route_kwargs: str) -> None:
+        provider_id, spec = self.raw_provider_and_spec("build/")
         accept = self.request.headers.get("Accept", "")
         if "text/event-stream" not in accept:
             self.write_json(

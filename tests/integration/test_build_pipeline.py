@@ -1,0 +1,206 @@
+"""Issue 2: the single-machine build pipeline against a real engine, registry and git server."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import quote
+
+import pytest
+
+from tests.conftest import service_config
+from tests.realservices import FAILURE_MESSAGE, RegistryServer, dockerfile_repo_files
+from tests.sse import read_events
+
+pytestmark = [pytest.mark.docker, pytest.mark.registry]
+
+PHASE_ORDER = ["waiting", "fetching", "building", "pushing", "ready"]
+
+
+def build_url(service, spec: str, provider: str = "git", **query: str) -> str:
+    qs = "&".join(f"{k}={v}" for k, v in query.items())
+    return f"{service.url}/build/{provider}/{spec}" + (f"?{qs}" if qs else "")
+
+
+def builds_started(service, image_name: str) -> int:
+    return sum(
+        1 for line in service.log().splitlines() if f"build started: {image_name}" in line
+    )
+
+
+def assert_in_order(phases: list[str], expected: list[str]) -> None:
+    firsts = [phases.index(p) for p in expected]
+    assert firsts == sorted(firsts), f"phases out of order: {phases}"
+
+
+def test_build_streams_every_phase_and_pushes(service, registry, make_fixture_repo):
+    repo = make_fixture_repo()
+    result = read_events(build_url(service, repo.spec("main"), build_only="true"))
+
+    assert result.status == 200
+    assert result.headers["content-type"].startswith("text/event-stream")
+    phases = result.phases
+    for phase in PHASE_ORDER:
+        assert phase in phases, f"missing {phase}: {phases}"
+    assert_in_order(phases, PHASE_ORDER)
+    assert phases[-1] == "ready"
+    image = result.final["imageName"]
+    assert image.startswith(f"{registry.host}/bbtest-")
+    assert image.endswith(f":{repo.sha}")
+    assert all(isinstance(e["message"], str) for e in result.events)
+    # Finished streams tell EventSource clients not to reconnect.
+    assert result.retry == 2147483647
+    # The build log reached the client.
+    assert any(repo.marker in e["message"] for e in result.events)
+
+    repository, tag = image.split("/", 1)[1].rsplit(":", 1)
+    assert registry.manifest_status(repository, tag) == 200
+
+    # Same ref again, from a fresh service process (no caches): nothing is built,
+    # the answer comes from the registry.
+    second = read_events(build_url(service, repo.spec("main"), build_only="true"))
+    assert second.phases == ["ready"]
+    assert second.final["imageName"] == image
+    assert builds_started(service, image) == 1
+
+
+def test_cached_answer_survives_restart(start_service, registry, docker_client, make_fixture_repo):
+    repo = make_fixture_repo()
+    first = start_service(service_config(registry))
+    built = read_events(build_url(first, repo.spec(repo.sha)))
+    assert built.final["phase"] == "ready", built.events[-3:]
+    first.stop()
+    again = start_service(service_config(registry))
+    result = read_events(build_url(again, repo.spec(repo.sha)))
+    assert result.phases == ["ready"]
+    assert builds_started(again, result.final["imageName"]) == 0
+
+
+def test_ten_concurrent_requests_cause_one_build(service, make_fixture_repo):
+    files = dockerfile_repo_files("concurrent0")
+    # A slow step keeps the build running while all ten clients attach.
+    files["Dockerfile"] = files["Dockerfile"].replace("USER 1000", "RUN sleep 3\nUSER 1000")
+    repo = make_fixture_repo(files=files)
+    url = build_url(service, repo.spec("main"), build_only="true")
+    with ThreadPoolExecutor(10) as pool:
+        results = list(pool.map(lambda _: read_events(url), range(10)))
+    images = {r.final.get("imageName") for r in results}
+    assert [r.final["phase"] for r in results] == ["ready"] * 10, [r.final for r in results]
+    assert len(images) == 1
+    assert builds_started(service, images.pop()) == 1
+    # Every client saw the build's log, late joiners included.
+    assert all("building" in r.phases for r in results)
+
+
+def test_keepalive_comments_while_idle(start_service, registry, docker_client, make_fixture_repo):
+    files = dockerfile_repo_files("keepalive0")
+    files["Dockerfile"] = files["Dockerfile"].replace("USER 1000", "RUN sleep 4\nUSER 1000")
+    repo = make_fixture_repo(files=files)
+    svc = start_service(service_config(registry, "c.BinderBuild.keepalive_interval = 0.5"))
+    result = read_events(build_url(svc, repo.spec("main")))
+    assert result.final["phase"] == "ready"
+    assert "keepalive" in result.comments
+
+
+def test_failing_dockerfile_reports_the_reason(service, registry, make_fixture_repo):
+    repo = make_fixture_repo(fail=True)
+    result = read_events(build_url(service, repo.spec("main")))
+    final = result.final
+    assert final["phase"] == "failed"
+    assert final["status_code"] == 500
+    assert FAILURE_MESSAGE in final["message"] or any(
+        FAILURE_MESSAGE in e["message"] for e in result.events
+    )
+    assert "repo2docker exited" in final["message"]
+    # Nothing was pushed for it.
+    with urllib.request.urlopen(f"{registry.url}/v2/_catalog") as resp:
+        catalog = json.load(resp)["repositories"]
+    assert not any(repo.marker in name for name in catalog)
+    # The service keeps serving.
+    assert read_events(f"{service.url}/versions").status == 200
+
+
+def test_unknown_ref_is_a_clear_404(service, make_fixture_repo):
+    repo = make_fixture_repo()
+    result = read_events(build_url(service, repo.spec("no-such-branch")))
+    assert result.final["phase"] == "failed"
+    assert result.final["status_code"] == 404
+    assert "no-such-branch" in result.final["message"]
+
+
+@pytest.mark.parametrize(
+    ("provider", "spec", "status"),
+    [
+        ("nope", "a/b/c", 404),
+        ("git", "no-slash-at-all", 400),
+        ("git", quote("ext::sh -c touch% /tmp/pwned", safe="") + "/HEAD", 400),
+        ("git", quote("fd::17", safe="") + "/HEAD", 400),
+        ("git", quote("file:///etc", safe="") + "/HEAD", 400),
+        ("git", quote("--upload-pack=touch /tmp/pwned", safe="") + "/HEAD", 400),
+        ("git", quote("ssh://example.org/repo", safe="") + "/HEAD", 400),
+        ("git", quote("https://example.org/repo", safe="") + "/--output=/tmp/x", 400),
+        ("git", quote("https://example.org/repo", safe="") + "/a..b", 400),
+        ("git", quote("https://exa\nmple.org/repo", safe="") + "/HEAD", 400),
+        ("git", quote("http://169.254.169.254/latest", safe="") + "/HEAD", 400),
+        ("git", quote("http://10.1.2.3/repo.git", safe="") + "/HEAD", 400),
+        ("git", quote("http://[::1]:9/repo.git", safe="") + "/HEAD", 400),
+        ("git", quote("http://127.0.0.1:1/repo.git", safe="") + "/HEAD", 502),
+    ],
+)
+def test_bad_and_hostile_specs_are_refused(start_service, docker_client, provider, spec, status):
+    # Loopback is allowed in the test config, so 127.0.0.1 (not ::1) passes the address check and
+    # fails at the git server (connection refused): 502, never a crash.
+    svc = start_service(service_config(None))
+    result = read_events(build_url(svc, spec, provider))
+    # Checks that need no I/O answer before the stream (HTTP status); those that
+    # need DNS or git answer with a failed event carrying the status.
+    if result.status != 200:
+        refused_with, message = result.status, result.json()["message"]
+        assert result.json()["status_code"] == result.status
+    else:
+        assert result.phases == ["failed"], result.events
+        refused_with, message = result.final["status_code"], result.final["message"]
+    assert refused_with == status, (refused_with, message)
+    assert message
+    # Nothing was built, the service still answers.
+    assert "build started" not in svc.log()
+    assert read_events(f"{svc.url}/versions").status == 200
+
+
+def test_internal_addresses_refused_without_allow_list(start_service, docker_client, make_fixture_repo):
+    repo = make_fixture_repo()
+    svc = start_service("c.BinderBuild.image_prefix = 'bbtest-local-'\n")
+    result = read_events(build_url(svc, repo.spec("main")))
+    assert result.final["phase"] == "failed"
+    assert result.final["status_code"] == 400
+    assert "internal address" in result.final["message"]
+
+
+def test_missing_accept_header_is_400(service):
+    req = urllib.request.Request(f"{service.url}/build/git/x/y")
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(req)
+    assert info.value.code == 400
+    assert "text/event-stream" in json.load(info.value)["message"]
+
+
+def test_registry_down_is_an_error_not_a_rebuild(start_service, docker_client, tmp_path, make_fixture_repo):
+    outage = RegistryServer(tmp_path / "outage-registry")
+    outage.start()
+    try:
+        svc = start_service(service_config(outage))
+        outage.stop()
+        repo = make_fixture_repo()
+        result = read_events(build_url(svc, repo.spec("main")))
+        assert result.final["phase"] == "failed"
+        assert result.final["status_code"] == 503
+        assert "registry" in result.final["message"].lower()
+        assert "building" not in result.phases
+        assert "build started" not in svc.log()
+        # Back up: the same request now builds.
+        outage.start()
+        result = read_events(build_url(svc, repo.spec("main")))
+        assert result.final["phase"] == "ready", result.events[-3:]
+    finally:
+        outage.stop()
