@@ -28,9 +28,18 @@ def readable_slug(text: str, max_length: int) -> str:
     return slug[:max_length].rstrip("-")
 
 
+_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def _readable_identity(identity: str) -> str:
+    """The human part of a repository identity: no scheme, no trailing .git."""
+    text = _SCHEME.sub("", identity)
+    return text[:-4] if text.endswith(".git") else text
+
+
 def repo_slug(identity: str, max_length: int = 64) -> str:
     """Registry-safe slug for a repository: readable part + 8 hex of its hash."""
-    readable = readable_slug(identity, max_length - 9) or "repo"
+    readable = readable_slug(_readable_identity(identity), max_length - 9) or "repo"
     return f"{readable}-{_digest(identity, 8)}"
 
 
@@ -50,7 +59,8 @@ def build_name(identity: str, resolved_ref: str) -> str:
     Used as the dedup key and as the Kubernetes build pod name.
     """
     digest = _digest(f"{identity}\0{resolved_ref}", 12)
-    readable = readable_slug(identity.rsplit("/", 1)[-1], _DNS_LABEL_MAX - len("build--") - 12)
+    tail = "/".join(_readable_identity(identity).rstrip("/").split("/")[-2:])
+    readable = readable_slug(tail, _DNS_LABEL_MAX - len("build--") - 12)
     return f"build-{readable}-{digest}" if readable else f"build-{digest}"
 
 
