@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import secrets
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
@@ -204,3 +206,33 @@ def test_registry_down_is_an_error_not_a_rebuild(start_service, docker_client, t
         assert result.final["phase"] == "ready", result.events[-3:]
     finally:
         outage.stop()
+
+
+def slow_repo(make_fixture_repo, seconds: int):
+    files = dockerfile_repo_files(secrets.token_hex(4))
+    files["Dockerfile"] = files["Dockerfile"].replace("USER 1000", f"RUN sleep {seconds}\nUSER 1000")
+    return make_fixture_repo(files=files)
+
+
+def test_queue_reports_positions(start_service, registry, docker_client, make_fixture_repo):
+    svc = start_service(service_config(registry, "c.BinderBuild.concurrent_build_limit = 1"))
+    first, second = slow_repo(make_fixture_repo, 3), make_fixture_repo()
+    with ThreadPoolExecutor(2) as pool:
+        running = pool.submit(read_events, build_url(svc, first.spec("main")))
+        time.sleep(1.5)  # let the first build take the only slot
+        queued = pool.submit(read_events, build_url(svc, second.spec("main")))
+        results = [running.result(), queued.result()]
+    assert [r.final["phase"] for r in results] == ["ready", "ready"]
+    waiting = [e for e in results[1].events if e["phase"] == "waiting" and "position" in e]
+    assert waiting and waiting[0]["position"] == 1, results[1].events[:3]
+    assert "queue" in waiting[0]["message"]
+
+
+def test_client_leaving_does_not_stop_the_build(service, make_fixture_repo):
+    repo = slow_repo(make_fixture_repo, 3)
+    url = build_url(service, repo.spec("main"))
+    partial = read_events(url, stop_after=2)  # then the connection closes
+    assert len(partial.events) == 2 and partial.events[-1]["phase"] != "ready"
+    result = read_events(url)
+    assert result.final["phase"] == "ready"
+    assert builds_started(service, result.final["imageName"]) == 1
