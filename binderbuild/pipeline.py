@@ -133,8 +133,15 @@ class Pipeline:
             self.exists_cache.set(image.name, True, self.settings.image_exists_cache_ttl)
         return exists
 
-    def submit_build(self, ref: ResolvedRef, image: ImageSpec) -> tuple[Build, bool]:
-        return self.builds.submit(BuildJob(image=image, ref=ref, push=self.image_store.pushes))
+    def submit_build(
+        self, ref: ResolvedRef, image: ImageSpec, provider: RepoProvider | None = None
+    ) -> tuple[Build, bool]:
+        """Start (or join) the build of ``image``. ``provider`` — the one that
+        resolved the spec (a doi/ spec resolves to another provider's ref) —
+        contributes fetch credentials for private repositories."""
+        extra_env = tuple(provider.build_env(ref).items()) if provider is not None else ()
+        job = BuildJob(image=image, ref=ref, push=self.image_store.pushes, extra_env=extra_env)
+        return self.builds.submit(job)
 
     # --- the flow ---------------------------------------------------------
 
@@ -157,9 +164,9 @@ class Pipeline:
             # No await between this re-check and submit: a build that finished
             # while we asked the registry has set the cache (see _remember_built),
             # so we attach to nothing and build nothing twice.
-            if not exists and not (self.exists_cache.get(image.name) and not request.force_rebuild):
+            if request.force_rebuild or not (exists or self.exists_cache.get(image.name)):
                 started = time.monotonic()
-                async for ev in self._follow_build(ref, image):
+                async for ev in self._follow_build(provider, ref, image):
                     yield ev
                 timings.build = time.monotonic() - started
 
@@ -184,8 +191,10 @@ class Pipeline:
                 except Exception:
                     log.exception("pipeline observer failed")
 
-    async def _follow_build(self, ref: ResolvedRef, image: ImageSpec) -> AsyncIterator[ProgressEvent]:
-        build, _ = self.submit_build(ref, image)
+    async def _follow_build(
+        self, provider: RepoProvider, ref: ResolvedRef, image: ImageSpec
+    ) -> AsyncIterator[ProgressEvent]:
+        build, _ = self.submit_build(ref, image, provider)
         async for _, ev in build.follow():
             if ev.phase in (Phase.BUILT, Phase.FAILED) and build.state.finished:
                 break

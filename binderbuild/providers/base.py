@@ -105,6 +105,22 @@ class RepoProvider(LoggingConfigurable):
         """
         raise NotImplementedError
 
+    # --- optional hooks -----------------------------------------------------
+
+    def build_env(self, ref: ResolvedRef) -> dict[str, str]:
+        """Environment variables the repo2docker process needs to fetch ``ref``.
+
+        Used for credentials of private repositories: the builder adds these to
+        the repo2docker process only (``BuildJob.extra_env``), never to build
+        steps, events or logs. Public repositories need nothing.
+        """
+        return {}
+
+    def secret_values(self) -> list[str]:
+        """Every configured secret of this provider (tokens, passwords), so the
+        service can scrub them from logs and build output."""
+        return []
+
     # --- shared behaviour ---------------------------------------------------
 
     def is_banned(self, spec: str) -> bool:
