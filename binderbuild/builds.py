@@ -312,7 +312,8 @@ class BuildManager:
         hard_deadline = loop.time() + self.build_timeout
         state, error = BuildState.SUCCEEDED, None
         try:
-            async with asyncio.timeout(min(hard_deadline, loop.time() + self.idle_timeout)) as cm:
+            # timeout_at: the deadline is absolute loop time (timeout() takes a delay).
+            async with asyncio.timeout_at(min(hard_deadline, loop.time() + self.idle_timeout)) as cm:
                 async for ev in self.builder.build(job):
                     self._record(build, ev)
                     cm.reschedule(min(hard_deadline, loop.time() + self.idle_timeout))

@@ -66,6 +66,14 @@ class BaseHandler(RequestHandler):
         self.write_json({"message": exc.message, "status_code": status}, status)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if status_code == 405:
+            # RFC 9110: a 405 names the methods the resource supports.
+            allowed = [
+                method
+                for method in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH")
+                if getattr(type(self), method.lower()) is not getattr(RequestHandler, method.lower())
+            ]
+            self.set_header("Allow", ", ".join(allowed))
         message = self._reason
         exc_info = kwargs.get("exc_info")
         if exc_info and isinstance(exc_info[1], HTTPError) and exc_info[1].log_message:

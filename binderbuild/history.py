@@ -1,0 +1,320 @@
+"""Finished builds, kept: outcome and full log, by id and per repository.
+
+The in-memory ``BuildManager`` forgets builds when the service restarts (and
+old ones sooner); this store keeps every finished build in one SQLite file
+under ``BinderBuild.data_dir`` so that ``/api/builds/{id}``, its event stream
+and its log stay readable, and a repository's build history can be listed.
+
+SQLite (standard library) because the data is small, written once per build
+and read rarely; one file is easy to back up or put on a volume. All database
+work runs on one dedicated thread, so the event loop never blocks on disk and
+the connection is never used from two threads at once.
+
+Retention: at most ``max_builds`` builds, none older than ``max_age_days``
+(by finish time); pruned when the store opens and after every write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import time
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from traitlets import Float, Integer
+from traitlets.config import LoggingConfigurable
+
+from binderbuild.builds import Build, BuildManager, BuildState
+from binderbuild.errors import ConfigError
+from binderbuild.events import Phase, ProgressEvent, event
+from binderbuild.models import ResolvedRef
+
+log = logging.getLogger("binderbuild.history")
+
+T = TypeVar("T")
+
+DB_NAME = "build-history.sqlite3"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS builds (
+    id TEXT PRIMARY KEY,
+    provider TEXT NOT NULL,
+    repo TEXT NOT NULL,
+    build_name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created REAL NOT NULL,
+    finished REAL NOT NULL,
+    record TEXT NOT NULL,
+    events BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS builds_by_repo ON builds (provider, repo, created);
+CREATE INDEX IF NOT EXISTS builds_by_name ON builds (build_name, finished);
+CREATE INDEX IF NOT EXISTS builds_by_finished ON builds (finished);
+"""
+
+
+@dataclass(frozen=True)
+class BuildRecord:
+    """What is known about one build, live or stored: the builds API's view."""
+
+    id: str
+    provider: str
+    spec: str
+    repo: str  # the provider's repository identity (a spec without its ref)
+    unresolved_ref: str
+    resolved_ref: str
+    resolved_spec: str
+    repo_url: str
+    ref_url: str
+    image: str
+    build_name: str
+    state: str  # BuildState value
+    phase: str  # Phase value of the newest event
+    failure: str | None
+    failure_type: str | None
+    forced: bool
+    found_existing: bool
+    created: float  # unix time
+    started: float | None
+    finished: float | None
+    event_count: int
+
+    @classmethod
+    def from_build(cls, build: Build, repo: str) -> BuildRecord:
+        ref: ResolvedRef = build.job.ref
+        if build.events:
+            phase = build.events[-1].phase.value
+        else:
+            phase = Phase.WAITING.value
+        failure = failure_type = None
+        if build.error is not None and build.state in (BuildState.FAILED, BuildState.CANCELLED):
+            failure, failure_type = build.error.message, type(build.error).__name__
+        return cls(
+            id=build.id,
+            provider=ref.provider_id,
+            spec=ref.spec,
+            repo=repo,
+            unresolved_ref=ref.unresolved_ref,
+            resolved_ref=ref.resolved_ref,
+            resolved_spec=ref.resolved_spec,
+            repo_url=ref.repo_url,
+            ref_url=ref.ref_url,
+            image=build.job.image.name,
+            build_name=build.job.image.build_name,
+            state=build.state.value,
+            phase=phase,
+            failure=failure,
+            failure_type=failure_type,
+            forced=build.forced,
+            found_existing=build.found_existing,
+            created=build.created,
+            started=build.started,
+            finished=build.finished,
+            event_count=len(build.events),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> BuildRecord:
+        data = json.loads(text)
+        names = cls.__dataclass_fields__
+        # Tolerate fields added or dropped by other versions of the service.
+        return cls(**{k: data.get(k) for k in names})  # type: ignore[arg-type]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+
+def encode_events(events: Iterable[ProgressEvent]) -> bytes:
+    """JSON lines of event payloads, compressed: logs are repetitive text."""
+    lines = "\n".join(json.dumps(ev.payload(), separators=(",", ":")) for ev in events)
+    return zlib.compress(lines.encode(), 6)
+
+
+def decode_events(blob: bytes) -> list[ProgressEvent]:
+    text = zlib.decompress(blob).decode()
+    result: list[ProgressEvent] = []
+    for line in text.split("\n") if text else []:
+        data = json.loads(line)
+        try:
+            phase = Phase(data.pop("phase"))
+        except ValueError:
+            phase = Phase.UNKNOWN
+        message = data.pop("message", "")
+        result.append(event(phase, message, **data))
+    return result
+
+
+class BuildHistory(LoggingConfigurable):
+    """SQLite store of finished builds with a retention limit."""
+
+    max_builds = Integer(
+        10_000,
+        config=True,
+        help="Finished builds kept in the history store; the oldest are dropped first. "
+        "0: no limit by count.",
+    )
+    max_age_days = Float(
+        30.0,
+        config=True,
+        help="Days a finished build's log and outcome are kept. 0: no limit by age.",
+    )
+
+    def __init__(self, directory: str | Path, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.path = Path(directory) / DB_NAME
+        # One thread owns the connection: SQLite work is serialised there.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="build-history")
+        self._pending: set[asyncio.Future[Any]] = set()
+        self._db = self._open()
+
+    # --- setup ------------------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Created here, then used only on the executor's thread.
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise ConfigError(
+                    f"{self.path} was written by a newer binderbuild (schema {version})."
+                )
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(f"Cannot open the build history at {self.path}: {exc}") from None
+        self._prune(db)
+        return db
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, self._db)
+
+    # --- writing ----------------------------------------------------------
+
+    async def record(self, record: BuildRecord, events: Sequence[ProgressEvent]) -> None:
+        blob = encode_events(events)
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT OR REPLACE INTO builds "
+                "(id, provider, repo, build_name, state, created, finished, record, events) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.id,
+                    record.provider,
+                    record.repo,
+                    record.build_name,
+                    record.state,
+                    record.created,
+                    record.finished or time.time(),
+                    record.to_json(),
+                    blob,
+                ),
+            )
+            self._prune(db)
+
+        await self._run(write)
+
+    def record_soon(self, record: BuildRecord, events: Sequence[ProgressEvent]) -> None:
+        """Record from synchronous code (a BuildManager callback); ``close`` waits for it."""
+        future = asyncio.ensure_future(self.record(record, list(events)))
+        self._pending.add(future)
+        future.add_done_callback(self._written)
+
+    def _written(self, future: asyncio.Future[Any]) -> None:
+        self._pending.discard(future)
+        if not future.cancelled() and future.exception() is not None:
+            # A full disk must not break builds: the record is lost, loudly.
+            log.error("could not store a build in the history: %s", future.exception())
+
+    def _prune(self, db: sqlite3.Connection) -> None:
+        if self.max_age_days > 0:
+            cutoff = time.time() - self.max_age_days * 86400
+            db.execute("DELETE FROM builds WHERE finished < ?", (cutoff,))
+        if self.max_builds > 0:
+            db.execute(
+                "DELETE FROM builds WHERE id NOT IN "
+                "(SELECT id FROM builds ORDER BY finished DESC LIMIT ?)",
+                (self.max_builds,),
+            )
+
+    # --- reading ----------------------------------------------------------
+
+    async def get(self, build_id: str) -> BuildRecord | None:
+        def read(db: sqlite3.Connection) -> str | None:
+            row = db.execute("SELECT record FROM builds WHERE id = ?", (build_id,)).fetchone()
+            return row[0] if row else None
+
+        text = await self._run(read)
+        return BuildRecord.from_json(text) if text else None
+
+    async def events(self, build_id: str) -> list[ProgressEvent] | None:
+        def read(db: sqlite3.Connection) -> bytes | None:
+            row = db.execute("SELECT events FROM builds WHERE id = ?", (build_id,)).fetchone()
+            return row[0] if row else None
+
+        blob = await self._run(read)
+        return decode_events(blob) if blob is not None else None
+
+    async def list_for_repo(self, provider: str, repo: str, limit: int = 50) -> list[BuildRecord]:
+        """Newest first."""
+
+        def read(db: sqlite3.Connection) -> list[str]:
+            rows = db.execute(
+                "SELECT record FROM builds WHERE provider = ? AND repo = ? "
+                "ORDER BY created DESC LIMIT ?",
+                (provider, repo, limit),
+            ).fetchall()
+            return [r[0] for r in rows]
+
+        return [BuildRecord.from_json(t) for t in await self._run(read)]
+
+    async def latest_success(self, build_name: str) -> BuildRecord | None:
+        """The newest succeeded build of an image (by its build name)."""
+
+        def read(db: sqlite3.Connection) -> str | None:
+            row = db.execute(
+                "SELECT record FROM builds WHERE build_name = ? AND state = ? "
+                "ORDER BY finished DESC LIMIT 1",
+                (build_name, BuildState.SUCCEEDED.value),
+            ).fetchone()
+            return row[0] if row else None
+
+        text = await self._run(read)
+        return BuildRecord.from_json(text) if text else None
+
+    async def count(self) -> int:
+        return await self._run(
+            lambda db: int(db.execute("SELECT COUNT(*) FROM builds").fetchone()[0])
+        )
+
+    # --- lifecycle ----------------------------------------------------------
+
+    async def close(self) -> None:
+        """Wait for pending writes, then close the database."""
+        if self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+        await self._run(lambda db: db.close())
+        self._executor.shutdown(wait=True)
+
+
+def record_finished_builds(
+    history: BuildHistory, builds: BuildManager, repo_of: Callable[[ResolvedRef], str]
+) -> None:
+    """Store every build the manager finishes (``repo_of`` names its repository)."""
+
+    def on_finished(build: Build) -> None:
+        history.record_soon(BuildRecord.from_build(build, repo_of(build.job.ref)), build.events)
+
+    builds.on_finished.append(on_finished)
