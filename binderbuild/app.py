@@ -24,20 +24,26 @@ from traitlets import Bool, Dict, Float, Integer, List, Unicode, default, valida
 from traitlets.config import Application, Config, LoggingConfigurable
 from traitlets.utils.importstring import import_item
 
-from binderbuild import __version__
+from binderbuild import __version__, operations
+from binderbuild.auth import api_only
 from binderbuild.builders.base import Builder
 from binderbuild.builds import BuildManager
 from binderbuild.context import Context, Settings
 from binderbuild.errors import ConfigError
+from binderbuild.handlers.api import api_handlers, setup_builds_api
 from binderbuild.handlers.build import BuildHandler
 from binderbuild.handlers.info import (
     HealthChecker,
     HealthHandler,
+    NotFoundHandler,
     RepoProvidersHandler,
     VersionsHandler,
 )
+from binderbuild.handlers.metrics import MetricsHandler
+from binderbuild.handlers.pages import PageOptions, page_handlers, page_settings
 from binderbuild.http import HttpClient
 from binderbuild.launcher import Launcher
+from binderbuild.logging_setup import configure_logging
 from binderbuild.netsafety import parse_networks
 from binderbuild.pipeline import Pipeline, PipelineSettings
 from binderbuild.providers import DEFAULT_PROVIDERS
@@ -92,7 +98,20 @@ class DockerRegistry(LoggingConfigurable):
         return os.environ.get("BINDERBUILD_REGISTRY_PASSWORD", "")
 
 
-class BinderBuild(Application):
+# Configurable classes listed by --help-all and in docs/configuration.md,
+# besides BinderBuild itself and the repository providers.
+CONFIGURABLES: list[str] = [
+    "binderbuild.app.DockerRegistry",
+    "binderbuild.builders.docker.DockerBuilder",
+    "binderbuild.ratelimit.RateLimiter",
+    "binderbuild.eventlog.EventLog",
+    "binderbuild.hub.HubLauncher",
+    "binderbuild.quota.HubServerCounter",
+]
+
+
+# PageOptions: the pages' branding options (template_path, banner_message, ...).
+class BinderBuild(PageOptions, Application):
     name = "binderbuild"
     version = __version__
     description = "Build repositories into images and launch them on JupyterHub (a BinderHub replacement)."
@@ -167,6 +186,19 @@ class BinderBuild(Application):
     require_build_only = Bool(
         False, config=True, help="Never launch: every /build request stops at 'ready' with the image."
     )
+    abandoned_build_grace = Float(
+        0.0,
+        config=True,
+        help="Seconds a build may run or wait with no client following its events or "
+        "polling its status before it is cancelled, freeing its slot. 0: never cancel "
+        "(BinderHub's behaviour: a build continues when its clients leave).",
+    )
+    data_dir = Unicode(
+        "var",
+        config=True,
+        help="Directory for state that must survive restarts (the build history "
+        "database). Relative paths are relative to the working directory.",
+    )
 
     # --- repositories --------------------------------------------------------
     repo_providers = Dict(
@@ -194,12 +226,163 @@ class BinderBuild(Application):
     hub_api_token = Unicode("", config=True, help="API token of binderbuild's hub service.").tag(
         env="JUPYTERHUB_API_TOKEN"
     )
+    # Launch options BinderHub has on its application; HubLauncher reads them
+    # from here (its own retry/timeout options are c.HubLauncher.*, docs/launching.md).
+    hub_url_local = Unicode(
+        "",
+        config=True,
+        help="URL binderbuild uses for the hub's REST API when it differs from hub_url "
+        "(e.g. the hub's internal address, bypassing the proxy). Default: hub_url.",
+    )
+    use_named_servers = Bool(
+        False,
+        config=True,
+        help="With auth_enabled: start each launch as a new named server of the logged-in "
+        "user (the hub needs allow_named_servers). Otherwise the user's default server.",
+    ).tag(env="JUPYTERHUB_ALLOW_NAMED_SERVERS")
+    named_server_limit_per_user = Integer(
+        0,
+        config=True,
+        help="With auth_enabled and use_named_servers: servers one user may run at once "
+        "(0: no limit). Over it, the launch fails with a clear message.",
+    ).tag(env="JUPYTERHUB_NAMED_SERVER_LIMIT_PER_USER")
+    per_repo_quota = Integer(
+        0,
+        config=True,
+        help="Servers that may run at once from one repository (0: no limit).",
+    )
+    per_repo_quota_higher = Integer(
+        0,
+        config=True,
+        help="Per-repository limit for specs matching a provider's high_quota_specs "
+        "(0: use per_repo_quota).",
+    )
+    pod_quota = Integer(
+        None,
+        allow_none=True,
+        config=True,
+        help="Servers that may run at once in total (None: no limit; 0: no launches, "
+        "e.g. during maintenance).",
+    )
+
+    @default("use_named_servers")
+    def _default_use_named_servers(self) -> bool:
+        return os.environ.get("JUPYTERHUB_ALLOW_NAMED_SERVERS", "").lower() == "true"
+
+    @default("named_server_limit_per_user")
+    def _default_named_server_limit(self) -> int:
+        value = os.environ.get("JUPYTERHUB_NAMED_SERVER_LIMIT_PER_USER", "")
+        return int(value) if value.isdigit() else 0
 
     extra_log_secrets = List(
         Unicode(), config=True, help="Further values that must never appear in logs or events."
     )
 
+    # --- operations: access control, abuse protection, observability ---------
+    # (wired by binderbuild.operations.install; see docs/operations.md)
+    auth_enabled = Bool(
+        False,
+        config=True,
+        help="""Require a JupyterHub login (BinderHub's option): binderbuild runs as a hub
+        service, pages and /build need a hub user (OAuth cookie or 'Authorization: token'),
+        and servers start for that user instead of a temporary one.""",
+    )
+    api_tokens = Dict(
+        key_trait=Unicode(),
+        value_trait=Unicode(),
+        config=True,
+        help="""Bearer tokens of programmatic callers: {token: caller name}. A request with
+        'Authorization: Bearer <token>' is not rate limited; with auth_enabled it may
+        only build (build_only=true). The name appears in logs, the token never.""",
+    )
+    cors_allow_origin = Unicode(
+        "",
+        config=True,
+        help="""Value of Access-Control-Allow-Origin on every response, e.g.
+        'https://myfrontend.org' or '*', so pages on other sites can call the API
+        (EventSource on /build). Empty: no CORS header.""",
+    )
+    enable_api_only_mode = Bool(
+        False,
+        config=True,
+        help="""Serve only the API (/build, /versions, /health, /metrics, /api/...):
+        no home page, launch pages or badges; anything else is a JSON 404.""",
+    )
+    ban_networks = Dict(
+        key_trait=Unicode(),
+        value_trait=Unicode(),
+        config=True,
+        help="""Networks whose requests are refused with 403 before any work:
+        {CIDR: label}, e.g. {'198.51.100.0/24': 'crawler'}. The label is logged.""",
+    )
+    trusted_proxies = List(
+        Unicode(),
+        config=True,
+        help="""CIDR networks of the reverse proxies / load balancers in front of the
+        service. X-Forwarded-For is believed only from them, to find the client IP used
+        by the rate limit and ban_networks. Empty: the TCP peer is the client.""",
+    ).tag(env="BINDERBUILD_TRUSTED_PROXIES")
+    build_token_secret = Unicode(
+        "",
+        config=True,
+        help="""Key that signs the launch page's build tokens (which bypass the rate
+        limit). Replicas behind one load balancer must share it. Empty: a random key
+        per process.""",
+    ).tag(env="BINDERBUILD_BUILD_TOKEN_SECRET")
+    build_token_expires_seconds = Integer(
+        300, config=True, help="Lifetime of a build token, in seconds."
+    )
+    build_token_check_origin = Bool(
+        True,
+        config=True,
+        help="Accept a build token only from the origin (host) of the page it was issued to.",
+    )
+    json_logs = Bool(
+        False,
+        config=True,
+        help="""Write the service log as JSON lines for log pipelines (one object per line
+        with time, level, logger, message, request_id, build_id) instead of text.""",
+    ).tag(env="BINDERBUILD_JSON_LOGS")
+    metrics_repo_labels = Bool(
+        False,
+        config=True,
+        help="""Add a 'repo' label (repository URL) to the build and launch counters of
+        /metrics. Off by default: every repository becomes its own time series.""",
+    )
+    health_check_ttl = Float(
+        5.0,
+        config=True,
+        help="Seconds each /health dependency check is cached (probe storms cost one check).",
+    )
+
+    @default("trusted_proxies")
+    def _default_trusted_proxies(self) -> list[str]:
+        raw = os.environ.get("BINDERBUILD_TRUSTED_PROXIES", "")
+        return [part.strip() for part in raw.split(",") if part.strip()]
+
+    @default("build_token_secret")
+    def _default_build_token_secret(self) -> str:
+        return os.environ.get("BINDERBUILD_BUILD_TOKEN_SECRET") or os.environ.get(
+            "BINDERHUB_BUILD_TOKEN_SECRET", ""
+        )
+
+    @default("json_logs")
+    def _default_json_logs(self) -> bool:
+        return os.environ.get("BINDERBUILD_JSON_LOGS", "").lower() in ("1", "true", "yes")
+
+    @validate("ban_networks", "trusted_proxies")
+    def _valid_networks(self, proposal: Any) -> Any:
+        try:
+            parse_networks(list(proposal["value"]))
+        except ValueError as exc:
+            raise ConfigError(f"{proposal['trait'].name}: {exc}") from None
+        return proposal["value"]
+
     tornado_settings = Dict(config=True, help="Extra settings passed to the Tornado application.")
+
+    @default("log_level")
+    def _default_log_level(self) -> int:
+        return logging.INFO
 
     @default("repo_providers")
     def _default_providers(self) -> dict[str, Any]:
@@ -234,11 +417,28 @@ class BinderBuild(Application):
                 self.log.warning("BinderHub.%s has no binderbuild equivalent; ignored", key)
         self.update_config(forwarded)
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # Imported here, not at module level: the Kubernetes and hub classes
+        # pull in their (heavier) libraries only when the app really starts.
+        names = list(CONFIGURABLES) + [
+            cls for cls in self.repo_providers.values() if isinstance(cls, str)
+        ]
+        self.classes = [type(self)] + [import_item(name) for name in dict.fromkeys(names)]
+
     def initialize(self, argv: list[str] | None = None) -> None:
         super().initialize(argv)
         if self.config_file and os.path.exists(self.config_file):
             self.load_config_file(self.config_file)
         self.log.setLevel(self.log_level)
+        self._setup_logging()
+
+    def _setup_logging(self) -> None:
+        """binderbuild.*, tornado.* and the application log write to stderr at
+        log_level, as text or JSON lines (json_logs), with request/build ids."""
+        configure_logging(
+            self.log_level, "json" if self.json_logs else "text", app_logger=self.log
+        )
 
     def _make_providers(self, http: HttpClient) -> dict[str, RepoProvider]:
         networks = parse_networks(self.allowed_internal_networks)
@@ -270,7 +470,9 @@ class BinderBuild(Application):
             }
         return klass(**kwargs)  # type: ignore[no-any-return]
 
-    def _make_launcher(self, http: HttpClient) -> Launcher | None:
+    def _make_launcher(
+        self, http: HttpClient, providers: dict[str, RepoProvider]
+    ) -> Launcher | None:
         if self.require_build_only:
             return None
         cls = self.launcher_class
@@ -279,7 +481,8 @@ class BinderBuild(Application):
                 return None
             cls = "binderbuild.hub.HubLauncher"
         klass = import_item(cls)
-        return klass(parent=self, log=self.log, http=http)  # type: ignore[no-any-return]
+        # providers: per-spec quotas (high_quota_specs, spec_config "quota").
+        return klass(parent=self, log=self.log, http=http, providers=providers)  # type: ignore[no-any-return]
 
     def build_context(self) -> Context:
         """Create every long-lived service once. Called inside the running loop."""
@@ -312,9 +515,12 @@ class BinderBuild(Application):
             concurrency=self.concurrent_build_limit or os.cpu_count() or 1,
             build_timeout=self.build_timeout,
             idle_timeout=self.build_idle_timeout,
+            abandoned_grace=self.abandoned_build_grace,
         )
         providers = self._make_providers(http)
-        launcher = self._make_launcher(http)
+        for provider in providers.values():
+            scrubber.add(*provider.secret_values())
+        launcher = self._make_launcher(http, providers)
         pipeline = Pipeline(
             providers=providers,
             image_store=image_store,
@@ -353,8 +559,13 @@ class BinderBuild(Application):
         }
         if launcher is not None:
             checks["hub"] = (launcher.check, True)
-        ctx.services["health"] = HealthChecker(checks)
+        ctx.services["health"] = HealthChecker(
+            checks, ttl=self.health_check_ttl, scrub=scrubber.scrub
+        )
+        ctx.services["registry_config"] = registry_config
+        operations.install(self, ctx)
         ctx.services["docker"] = docker_client
+        setup_builds_api(self, ctx, self.data_dir)
         return ctx
 
     def _docker_client(self) -> Any:
@@ -386,10 +597,13 @@ class BinderBuild(Application):
             (rf"{base}build/{spec_pattern}", BuildHandler),
             (rf"{base}versions", VersionsHandler),
             (rf"{base}health", HealthHandler),
+            (rf"{base}metrics", MetricsHandler),
             (rf"{base}api/repoproviders", RepoProvidersHandler),
         ]
+        handlers += api_handlers(base)
         for extra in ctx.services.get("extra_handlers", []):
             handlers.append(extra)
+        handlers += page_handlers(base, self)
         settings = {
             "binderbuild": ctx,
             "template_path": str(ROOT / "templates"),
@@ -397,8 +611,18 @@ class BinderBuild(Application):
             "static_url_prefix": f"{base}static/",
             "compress_response": False,
         }
+        settings.update(page_settings(self))
         settings.update(self.tornado_settings)
-        return tornado.web.Application(handlers, **settings)
+        if self.enable_api_only_mode:
+            handlers = api_only(handlers, base) + [(rf"{base}.*", NotFoundHandler)]
+        if self.cors_allow_origin:
+            headers = dict(settings.get("extra_headers", {}))
+            headers["Access-Control-Allow-Origin"] = self.cors_allow_origin
+            settings["extra_headers"] = headers
+        if self.auth_enabled:
+            # Signs the OAuth login cookie; replicas share it via tornado_settings.
+            settings.setdefault("cookie_secret", os.urandom(32))
+        return operations.BinderBuildWebApp(handlers, **settings)
 
     async def serve(self) -> None:
         ctx = self.build_context()
@@ -421,6 +645,9 @@ class BinderBuild(Application):
 
 async def shutdown(ctx: Context) -> None:
     await ctx.builds.close()
+    await operations.close(ctx)
+    if (history := ctx.services.get("history")) is not None:
+        await history.close()  # after builds.close(): interrupted builds are recorded too
     if ctx.launcher is not None:
         await ctx.launcher.close()
     await ctx.builder.close()

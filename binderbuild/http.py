@@ -136,5 +136,59 @@ class HttpClient:
             elapsed=resp.request_time or 0.0,
         )
 
+    async def stream(
+        self,
+        url: str,
+        on_chunk: Callable[[bytes], None],
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 3600.0,
+        connect_timeout: float = 10.0,
+    ) -> HttpResponse:
+        """GET ``url`` and pass each body chunk to ``on_chunk`` as it arrives
+        (event streams such as JupyterHub's spawn progress).
+
+        Returns once the server ends the response; the returned body is empty
+        (the chunks went to ``on_chunk``). As with ``request``, HTTP statuses
+        are returned and transport failures raise ``TransportError``. An
+        exception raised by ``on_chunk`` aborts the request (Tornado closes
+        the connection) and is re-raised here: that is how a caller stops
+        following a stream early.
+        """
+        hdrs = {"User-Agent": self.user_agent}
+        hdrs.update(headers or {})
+        raised: list[BaseException] = []
+
+        def callback(chunk: bytes) -> None:
+            try:
+                on_chunk(chunk)
+            except BaseException as exc:
+                raised.append(exc)
+                raise
+
+        req = HTTPRequest(
+            url,
+            method="GET",
+            headers=hdrs,
+            connect_timeout=min(connect_timeout, timeout),
+            request_timeout=timeout,
+            streaming_callback=callback,
+        )
+        try:
+            resp = await self._client.fetch(req, raise_error=False)
+        except Exception as exc:
+            if raised and exc is raised[0]:
+                raise
+            raise TransportError(f"{redact_url(url)}: {type(exc).__name__}: {exc}") from None
+        if resp.code == 599:
+            raise TransportError(f"{redact_url(url)}: {resp.error}")
+        return HttpResponse(
+            status=resp.code,
+            headers=dict(resp.headers.get_all()),
+            body=b"",
+            url=resp.effective_url,
+            elapsed=resp.request_time or 0.0,
+        )
+
     def close(self) -> None:
         self._client.close()

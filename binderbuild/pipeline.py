@@ -10,9 +10,10 @@ or a script can drive it with ``asyncio.run``. Errors are raised as
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from binderbuild import naming
@@ -57,6 +58,15 @@ class StageTimings:
     registry: float = 0.0
     build: float = 0.0
     launch: float = 0.0
+
+    @contextlib.contextmanager
+    def measure(self, stage: str) -> Iterator[None]:
+        """Record the stage's duration however it ends (failed stages count too)."""
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            setattr(self, stage, time.monotonic() - started)
 
 
 # Called once per pipeline run at its end: (request, ref or None, image or
@@ -152,32 +162,28 @@ class Pipeline:
         status, error = "success", None
         try:
             provider = self.validate(request)
-            started = time.monotonic()
-            ref = await self.resolve(provider, request.spec)
-            image = self.image_for(ref)
-            timings.resolve = time.monotonic() - started
+            with timings.measure("resolve"):
+                ref = await self.resolve(provider, request.spec)
+                image = self.image_for(ref)
 
-            started = time.monotonic()
-            exists = False if request.force_rebuild else await self.image_exists(image)
-            timings.registry = time.monotonic() - started
+            with timings.measure("registry"):
+                exists = False if request.force_rebuild else await self.image_exists(image)
 
             # No await between this re-check and submit: a build that finished
             # while we asked the registry has set the cache (see _remember_built),
             # so we attach to nothing and build nothing twice.
             if request.force_rebuild or not (exists or self.exists_cache.get(image.name)):
-                started = time.monotonic()
-                async for ev in self._follow_build(provider, ref, image):
-                    yield ev
-                timings.build = time.monotonic() - started
+                with timings.measure("build"):
+                    async for ev in self._follow_build(provider, ref, image):
+                        yield ev
 
             if request.build_only or self.launcher is None:
                 yield event(Phase.READY, f"Image {image.name} is ready.\n", imageName=image.name)
                 return
             yield event(Phase.BUILT, "Found built image, launching...\n", imageName=image.name)
-            started = time.monotonic()
-            async for ev in self._launch(request, ref, image):
-                yield ev
-            timings.launch = time.monotonic() - started
+            with timings.measure("launch"):
+                async for ev in self._launch(request, ref, image):
+                    yield ev
         except BinderBuildError as exc:
             status, error = "failure", exc
             raise

@@ -100,6 +100,17 @@ if [ ! -x "$CHP" ]; then
 else
     say "configurable-http-proxy present"
 fi
+# Browser tests: playwright-core (pinned in tests/e2e/package-lock.json)
+# drives Debian's /usr/bin/chromium; it downloads no browser of its own.
+if [ ! -f "$ROOT/tests/e2e/node_modules/playwright-core/package.json" ]; then
+    say "npm ci (tests/e2e: playwright-core)"
+    if ! npm ci --prefix "$ROOT/tests/e2e" --no-audit --no-fund --loglevel=error \
+            >"$LOG/npm-e2e.log" 2>&1; then
+        show_log "$LOG/npm-e2e.log"; fail "npm ci in tests/e2e"
+    fi
+else
+    say "playwright-core present"
+fi
 
 # ---------------------------------------------------------------- dockerd
 # Ask the socket directly: `docker info` depends on which CLI is first on

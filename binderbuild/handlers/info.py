@@ -1,13 +1,25 @@
-"""Small JSON endpoints: /versions, /api/repoproviders, /health."""
+"""Small JSON endpoints: /versions, /api/repoproviders, /health, and the JSON 404.
+
+``/health`` answers ``{"ok": bool, "checks": [...]}``: one entry per
+dependency (registry or local image store, build backend, hub when launches
+are on, build queue). A *required* check that fails makes the answer 503,
+so load balancers and Kubernetes probes take the replica out; the queue
+check only informs. Every check is cached for ``ttl`` seconds and concurrent
+probes share one in-flight check, so a probe storm costs the dependencies at
+most one request per check per ``ttl``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from binderbuild.errors import BinderBuildError
 from binderbuild.handlers.base import BaseHandler
+
+Check = Callable[[], Awaitable[dict[str, Any]]]
 
 
 class VersionsHandler(BaseHandler):
@@ -21,20 +33,27 @@ class RepoProvidersHandler(BaseHandler):
 
 
 class HealthChecker:
-    """Runs dependency checks concurrently, caching each result for ``ttl`` seconds
-    so a storm of probes does not hammer the registry, hub or engine."""
+    """Runs dependency checks concurrently, caching each result for ``ttl`` seconds."""
 
-    def __init__(self, checks: dict[str, tuple[Any, bool]], ttl: float = 5.0, timeout: float = 5.0):
-        # name -> (async callable returning a dict, required?)
+    def __init__(
+        self,
+        checks: dict[str, tuple[Check, bool]],
+        ttl: float = 5.0,
+        timeout: float = 5.0,
+        scrub: Callable[[str], str] | None = None,
+    ):
+        # name -> (async callable returning a dict of details, required?)
         self.checks = checks
         self.ttl = ttl
         self.timeout = timeout
+        self.scrub = scrub or (lambda text: text)
         self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
         self._inflight: dict[str, asyncio.Task[dict[str, Any]]] = {}
 
     async def _run_one(self, name: str) -> dict[str, Any]:
         check, required = self.checks[name]
         result: dict[str, Any] = {"service": name, "required": required}
+        started = time.monotonic()
         try:
             details = await asyncio.wait_for(check(), self.timeout)
             result.update(details or {})
@@ -45,6 +64,10 @@ class HealthChecker:
             result.update(ok=False, message=exc.message)
         except Exception as exc:
             result.update(ok=False, message=f"{type(exc).__name__}: {exc}")
+        if "message" in result:
+            # Messages may quote URLs or engine errors; never echo credentials.
+            result["message"] = self.scrub(str(result["message"]))
+        result["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
         self._cache[name] = (time.monotonic(), result)
         return result
 
@@ -57,6 +80,8 @@ class HealthChecker:
             task = asyncio.ensure_future(self._run_one(name))
             self._inflight[name] = task
             task.add_done_callback(lambda _t: self._inflight.pop(name, None))
+        # shield: a probe that disconnects must not cancel the check other
+        # probes are waiting for.
         return await asyncio.shield(task)
 
     async def run(self) -> dict[str, Any]:
@@ -66,13 +91,25 @@ class HealthChecker:
 
 
 class HealthHandler(BaseHandler):
-    async def get(self) -> None:
+    async def _result(self) -> dict[str, Any]:
         checker: HealthChecker = self.ctx.services["health"]
-        result = await checker.run()
+        self.set_header("Cache-Control", "no-store")
+        return await checker.run()
+
+    async def get(self) -> None:
+        result = await self._result()
         self.write_json(result, 200 if result["ok"] else 503)
 
     async def head(self) -> None:
-        checker: HealthChecker = self.ctx.services["health"]
-        result = await checker.run()
+        result = await self._result()
         self.set_status(200 if result["ok"] else 503)
         self.finish()
+
+
+class NotFoundHandler(BaseHandler):
+    """JSON 404 for API clients (catch-all of the API-only mode)."""
+
+    def prepare(self) -> None:
+        self.write_json(
+            {"message": f"No such endpoint: {self.request.path}", "status_code": 404}, 404
+        )

@@ -63,6 +63,14 @@ def validate_clone_url(url: str, allowed_schemes: list[str]) -> None:
         )
     if not parts.hostname:
         raise SpecError(f"Invalid repository URL {redact_url(url)!r}: no host.")
+    if parts.username is not None or parts.password is not None:
+        # Credentials in a launch URL would end up in image names, the
+        # registry, logs and every shared link. Operators configure private
+        # access with RepoProvider.git_credentials instead.
+        raise SpecError(
+            f"Repository URL {redact_url(url)!r} must not contain credentials; "
+            "private repositories are configured by the operator (git_credentials)."
+        )
 
 
 class GitRepoProvider(RepoProvider):

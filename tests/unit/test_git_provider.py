@@ -57,6 +57,8 @@ def test_parse_decodes_url_and_ref():
         "https://exa\tmple.org/r",
         "/local/path",
         "https://",
+        "https://user:password@example.org/r",
+        "https://token@example.org/r",
     ],
 )
 def test_hostile_urls_are_refused(url):

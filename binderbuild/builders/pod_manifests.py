@@ -1,0 +1,376 @@
+"""Kubernetes objects for builds, as pure functions returning plain dicts.
+
+Nothing here talks to a cluster: ``build_pod_manifest`` turns a ``BuildJob``
+and the operator's settings (``BuildPodConfig``) into the JSON of one build
+pod, and the tests read it as data (kubespawner's ``objects.py`` habit).
+
+What a build pod is, and why:
+
+* **Named by the build name** (``ImageSpec.build_name``): creating it is the
+  cluster-wide lock. A second request, from this replica or another, gets
+  409 AlreadyExists and follows the running pod instead of building again.
+* **repo2docker with binderbuild's Docker-API engine** (``r2d_command``), so
+  the builder image needs no ``docker`` CLI or buildx. Its config file is
+  passed in an environment variable and written to the pod's scratch
+  directory by a two-line shell prologue (a ConfigMap per build would need
+  more API rights and another object to clean up).
+* **The node's build daemon, not the host's Docker**: the socket directory
+  of the builder DaemonSet (``docker_socket``, default
+  ``/var/run/binderbuild-dind/docker.sock``) is mounted from the node. The
+  directory, not the socket file, because a restarted daemon makes a new
+  socket inode that a file mount would not see. Whoever can reach that
+  socket controls that daemon, which is why it is a separate daemon with no
+  access to the node's own containers.
+* **Least privilege**: non-root uid, no privilege escalation, all
+  capabilities dropped, read-only root filesystem (scratch space is an
+  emptyDir at /tmp), the default seccomp profile, no service-account token
+  (``automountServiceAccountToken: false``; the service account, if named,
+  has no Role), no service-link environment variables. Access to the socket
+  comes from a supplementary group that the DaemonSet gives its socket.
+* **Push credentials from a Secret** (``valueFrom.secretKeyRef``), so they
+  never appear in the pod spec that anyone with ``get pods`` can read.
+* ``restartPolicy: Never`` (a failed build is reported, not retried behind
+  the user's back) and ``activeDeadlineSeconds`` (a hung build pod is ended
+  by the kubelet even if every binderbuild replica is gone).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from binderbuild.builders.r2d_command import repo2docker_argv, repo2docker_config_text
+from binderbuild.models import BuildJob
+
+# --- labels and annotations ------------------------------------------------
+
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+APP_NAME = "binderbuild"
+BUILD_COMPONENT = "build"
+BUILDER_DAEMON_COMPONENT = "image-builder"
+
+ANNOTATION_REPO = "binderbuild/repo-url"
+ANNOTATION_REF = "binderbuild/ref"
+ANNOTATION_IMAGE = "binderbuild/image"
+ANNOTATION_PROVIDER = "binderbuild/provider"
+
+CONTAINER_NAME = "builder"
+
+# Where things are inside the build container.
+SOCKET_MOUNT_DIR = "/var/run/binderbuild-docker"
+# An emptyDir private to the pod (the root filesystem is read-only), so the
+# shared-/tmp hazards the S108 rule is about do not arise.
+SCRATCH_DIR = "/tmp"  # noqa: S108
+R2D_CONFIG_PATH = f"{SCRATCH_DIR}/repo2docker_config.py"
+
+# Environment variables the prologue and the engine read; operators' and
+# jobs' extra variables cannot replace them.
+ENV_R2D_CONFIG = "BINDERBUILD_R2D_CONFIG"
+ENV_SOCKET = "BINDERBUILD_DOCKER_SOCKET"
+RESERVED_ENV = frozenset(
+    {
+        ENV_R2D_CONFIG,
+        ENV_SOCKET,
+        "BINDERBUILD_DOCKER_HOST",
+        "DOCKER_HOST",
+        "BINDERBUILD_BUILD_NETWORK",
+        "BINDERBUILD_BUILD_MEMORY_LIMIT",
+        "CONTAINER_ENGINE_REGISTRY_CREDENTIALS",
+        "HOME",
+    }
+)
+
+# Runs before repo2docker: write its config file, then wait (briefly) for the
+# node's build daemon, which may be restarting, so that the build fails with
+# the engine's clear "cannot reach the Docker daemon" only if it stays away.
+# repo2docker's argv follows as "$@", so nothing is re-parsed by the shell.
+PROLOGUE = (
+    'printf "%s" "$BINDERBUILD_R2D_CONFIG" > ' + R2D_CONFIG_PATH + " || exit 1\n"
+    "i=0\n"
+    'while [ ! -S "$BINDERBUILD_DOCKER_SOCKET" ] && [ "$i" -lt 30 ]; do\n'
+    '  sleep 1; i=$((i + 1))\n'
+    "done\n"
+    'exec "$@"\n'
+)
+
+
+@dataclass(frozen=True)
+class BuildPodConfig:
+    """Operator settings of build pods (KubernetesBuilder's traitlets, as values)."""
+
+    namespace: str
+    build_image: str
+    instance: str = APP_NAME
+    image_pull_policy: str = "IfNotPresent"
+    image_pull_secrets: tuple[str, ...] = ()
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    docker_socket: str = "/var/run/binderbuild-dind/docker.sock"  # path on the node
+    docker_socket_gid: int = 2375
+    build_network: str = "bridge"
+    push_secret: str = ""
+    push_secret_key: str = "credentials.json"
+    service_account: str = ""
+    cpu_request: str = ""
+    cpu_limit: str = ""
+    memory_request: str = ""
+    memory_limit: int = 0  # bytes; also the limit of each build step
+    scratch_size_limit: str = ""
+    active_deadline_seconds: int = 7200
+    termination_grace_seconds: int = 10
+    priority_class_name: str = ""
+    pod_uid: int = 1000
+    python: str = "python"
+    user_id: int = 1000
+    user_name: str = "jovyan"
+    extra_args: tuple[str, ...] = ()
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    extra_labels: Mapping[str, str] = field(default_factory=dict)
+    extra_annotations: Mapping[str, str] = field(default_factory=dict)
+
+
+def build_labels(instance: str) -> dict[str, str]:
+    """The labels that identify this deployment's build pods (the watch selector)."""
+    return {
+        LABEL_NAME: APP_NAME,
+        LABEL_INSTANCE: instance,
+        LABEL_COMPONENT: BUILD_COMPONENT,
+    }
+
+
+def label_selector(labels: Mapping[str, str]) -> str:
+    return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
+
+
+def build_selector(instance: str) -> str:
+    return label_selector(build_labels(instance))
+
+
+def rendezvous_rank(nodes: Iterable[str], key: str) -> list[str]:
+    """Nodes ordered by preference for ``key`` (highest random weight first).
+
+    Rendezvous hashing: each (node, key) pair gets a pseudo-random score and
+    the highest wins. When a node joins or leaves, only the keys whose winner
+    it is move, so a repository keeps finding its layer cache on the same
+    node while the pool changes around it.
+    """
+
+    def score(node: str) -> bytes:
+        return hashlib.sha256(f"{node}\0{key}".encode()).digest()
+
+    return sorted({n for n in nodes if n}, key=score, reverse=True)
+
+
+def build_affinity(config: BuildPodConfig, preferred_node: str | None) -> dict[str, Any]:
+    """Sticky builds prefer one node; otherwise builds prefer to spread out,
+    so that concurrent builds do not compete for one node's daemon."""
+    if preferred_node:
+        return {
+            "nodeAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [
+                    {
+                        "weight": 100,
+                        "preference": {
+                            "matchExpressions": [
+                                {
+                                    "key": "kubernetes.io/hostname",
+                                    "operator": "In",
+                                    "values": [preferred_node],
+                                }
+                            ]
+                        },
+                    }
+                ]
+            }
+        }
+    return {
+        "podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": 100,
+                    "podAffinityTerm": {
+                        "topologyKey": "kubernetes.io/hostname",
+                        "labelSelector": {"matchLabels": build_labels(config.instance)},
+                    },
+                }
+            ]
+        }
+    }
+
+
+def build_resources(config: BuildPodConfig) -> dict[str, Any]:
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if config.cpu_request:
+        requests["cpu"] = str(config.cpu_request)
+    if config.memory_request:
+        requests["memory"] = str(config.memory_request)
+    if config.cpu_limit:
+        limits["cpu"] = str(config.cpu_limit)
+    if config.memory_limit:
+        limits["memory"] = str(config.memory_limit)
+    resources: dict[str, Any] = {}
+    if requests:
+        resources["requests"] = requests
+    if limits:
+        resources["limits"] = limits
+    return resources
+
+
+def build_env(job: BuildJob, config: BuildPodConfig) -> list[dict[str, Any]]:
+    """Container environment: extra variables first, then ours, which win."""
+    socket_in_pod = posixpath.join(SOCKET_MOUNT_DIR, posixpath.basename(config.docker_socket))
+    values: dict[str, str] = {}
+    for key, value in [*config.extra_env.items(), *job.extra_env]:
+        if key not in RESERVED_ENV:
+            values[key] = str(value)
+    values.update(
+        {
+            "HOME": SCRATCH_DIR,
+            "LANG": values.get("LANG", "C.UTF-8"),
+            "PYTHONUNBUFFERED": "1",
+            "GIT_TERMINAL_PROMPT": "0",
+            ENV_R2D_CONFIG: repo2docker_config_text(job.ref.content_provider),
+            ENV_SOCKET: socket_in_pod,
+            "BINDERBUILD_DOCKER_HOST": f"unix://{socket_in_pod}",
+            "DOCKER_HOST": f"unix://{socket_in_pod}",
+            "BINDERBUILD_BUILD_NETWORK": config.build_network,
+        }
+    )
+    if config.memory_limit:
+        values["BINDERBUILD_BUILD_MEMORY_LIMIT"] = str(config.memory_limit)
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in values.items()]
+    if job.push and config.push_secret:
+        env.append(
+            {
+                "name": "CONTAINER_ENGINE_REGISTRY_CREDENTIALS",
+                "valueFrom": {
+                    "secretKeyRef": {"name": config.push_secret, "key": config.push_secret_key}
+                },
+            }
+        )
+    return env
+
+
+def build_command(job: BuildJob, config: BuildPodConfig) -> list[str]:
+    argv = repo2docker_argv(
+        python=config.python,
+        repo_url=job.ref.repo_url,
+        ref=job.ref.resolved_ref,
+        image_name=job.image.name,
+        push=job.push,
+        config_path=R2D_CONFIG_PATH,
+        user_id=config.user_id,
+        user_name=config.user_name,
+        extra_args=config.extra_args,
+    )
+    # $0 of the prologue names it in `ps`; repo2docker's argv is "$@".
+    return ["/bin/sh", "-c", PROLOGUE, "binderbuild-build", *argv]
+
+
+def build_pod_manifest(
+    job: BuildJob, config: BuildPodConfig, *, preferred_node: str | None = None
+) -> dict[str, Any]:
+    """The build pod for ``job``. Raises ValueError for settings that cannot work."""
+    if not posixpath.isabs(config.docker_socket) or config.docker_socket.endswith("/"):
+        raise ValueError(
+            f"docker_socket must be the absolute path of a socket on the node, "
+            f"not {config.docker_socket!r}"
+        )
+    if config.pod_uid <= 0:
+        raise ValueError("build pods never run as root: pod_uid must be positive")
+    labels = {**config.extra_labels, **build_labels(config.instance), LABEL_MANAGED_BY: APP_NAME}
+    annotations = {
+        **config.extra_annotations,
+        ANNOTATION_REPO: job.ref.repo_url,
+        ANNOTATION_REF: job.ref.resolved_ref,
+        ANNOTATION_IMAGE: job.image.name,
+        ANNOTATION_PROVIDER: job.ref.provider_id,
+    }
+    volumes: list[dict[str, Any]] = [
+        {
+            "name": "docker-socket",
+            "hostPath": {
+                "path": posixpath.dirname(config.docker_socket),
+                # Created empty if the DaemonSet has not started on this node
+                # yet: the build then fails with "cannot reach the Docker
+                # daemon" instead of hanging in ContainerCreating.
+                "type": "DirectoryOrCreate",
+            },
+        },
+        {"name": "scratch", "emptyDir": _empty_dir(config.scratch_size_limit)},
+    ]
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": config.build_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": build_command(job, config),
+        "workingDir": SCRATCH_DIR,
+        "env": build_env(job, config),
+        "volumeMounts": [
+            # Read-only still allows connecting to the socket (and so full
+            # use of that daemon); it only stops the build replacing files
+            # in the node's socket directory.
+            {"name": "docker-socket", "mountPath": SOCKET_MOUNT_DIR, "readOnly": True},
+            {"name": "scratch", "mountPath": SCRATCH_DIR},
+        ],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "privileged": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+        },
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    resources = build_resources(config)
+    if resources:
+        container["resources"] = resources
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "activeDeadlineSeconds": int(config.active_deadline_seconds),
+        "terminationGracePeriodSeconds": int(config.termination_grace_seconds),
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": config.pod_uid,
+            "runAsGroup": config.pod_uid,
+            "supplementalGroups": [config.docker_socket_gid],
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+        "affinity": build_affinity(config, preferred_node),
+    }
+    if config.service_account:
+        spec["serviceAccountName"] = config.service_account
+    if config.node_selector:
+        spec["nodeSelector"] = dict(config.node_selector)
+    if config.tolerations:
+        spec["tolerations"] = [dict(t) for t in config.tolerations]
+    if config.image_pull_secrets:
+        spec["imagePullSecrets"] = [{"name": name} for name in config.image_pull_secrets]
+    if config.priority_class_name:
+        spec["priorityClassName"] = config.priority_class_name
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": job.image.build_name,
+            "namespace": config.namespace,
+            "labels": labels,
+            "annotations": annotations,
+        },
+        "spec": spec,
+    }
+
+
+def _empty_dir(size_limit: str) -> dict[str, Any]:
+    return {"sizeLimit": size_limit} if size_limit else {}

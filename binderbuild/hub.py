@@ -1,0 +1,605 @@
+"""Launch a built image on JupyterHub through its REST API.
+
+One launch, in order (docs/launching.md has the whole story)::
+
+    quota check (no hub call when the count is cached)
+    anonymous:     POST /users/{temporary user}
+    authenticated: GET  /users/{user}      (per-user server limit)
+    POST /users/{user}/tokens              token for this one server
+    POST /users/{user}/servers/{name}      user_options: image, token, repo_url, binder_*
+    GET  /users/{user}/server[s/{name}]/progress   relayed as ``launching`` events
+
+Everything runs under one deadline (``launch_timeout``). Hub calls are retried
+in exactly one place (``HubClient.call``). A launch that fails, times out or
+is abandoned by its client leaves nothing behind: a background cleanup stops
+the server and deletes the temporary user (or the named server), retrying
+until the hub answers or ``cleanup_timeout`` passes.
+
+Options that BinderHub has on its application (``hub_url``,
+``hub_url_local``, ``hub_api_token``, ``auth_enabled``, ``use_named_servers``,
+``named_server_limit_per_user``, ``per_repo_quota``, ``per_repo_quota_higher``,
+``pod_quota``) live on ``BinderBuild`` and are read from the parent
+application; BinderHub's ``Launcher`` options (``retries``, ``retry_delay``,
+``launch_timeout``) live here, and ``c.Launcher.*`` is read as well.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import re
+import string
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urljoin, urlsplit
+
+from traitlets import Float, Integer, Unicode
+from traitlets.config import LoggingConfigurable
+from traitlets.traitlets import MetaHasTraits
+from traitlets.utils.importstring import import_item
+
+from binderbuild.errors import (
+    BinderBuildError,
+    ConfigError,
+    Forbidden,
+    HubError,
+    LaunchFailed,
+    LaunchTimeout,
+    QuotaExceeded,
+)
+from binderbuild.events import Phase, ProgressEvent, event
+from binderbuild.http import HttpClient
+from binderbuild.hub_client import HubClient, RetryPolicy, hub_reason, server_path, user_path
+from binderbuild.launcher import Launcher
+from binderbuild.models import LaunchRequest, LaunchResult
+from binderbuild.providers.base import RepoProvider
+from binderbuild.quota import HubServerCounter, LaunchQuota, Reservation, ServerCounter
+
+# Random suffix of generated names: 36**8 ~ 2**41 combinations.
+_SUFFIX_CHARS = string.ascii_lowercase + string.digits
+_NOT_NAME = re.compile(r"[^a-z0-9]+")
+
+
+def unique_name_from_repo(repo_url: str, max_prefix: int = 32) -> str:
+    """``owner-repo-<8 random>`` from a repository URL (BinderHub's scheme),
+    lowercase and limited to [a-z0-9-] so it is a valid hub user name, server
+    name, container name and DNS label."""
+    if "://" not in repo_url and ":" in repo_url and "@" in repo_url:
+        path = repo_url.split(":", 1)[1]  # git@host:owner/repo
+    else:
+        path = urlsplit(repo_url).path or repo_url
+    path = path.strip("/")
+    if path.endswith(".git"):
+        path = path[:-4]
+    prefix = _NOT_NAME.sub("-", path.lower()).strip("-") or "binder"
+    if len(prefix) > max_prefix:
+        half = (max_prefix - 1) // 2
+        prefix = f"{prefix[:half].rstrip('-')}-{prefix[-half:].lstrip('-')}"
+    return f"{prefix}-{''.join(random.choices(_SUFFIX_CHARS, k=8))}"
+
+
+@dataclass(frozen=True, slots=True)
+class HubSettings:
+    """The hub-related options of the application (BinderHub's names)."""
+
+    hub_url: str
+    hub_url_local: str = ""
+    hub_api_token: str = ""
+    auth_enabled: bool = False
+    use_named_servers: bool = False
+    named_server_limit_per_user: int = 0
+    per_repo_quota: int = 0
+    per_repo_quota_higher: int = 0
+    pod_quota: int | None = None
+
+    @classmethod
+    def from_app(cls, app: Any) -> HubSettings:
+        names = [f for f in cls.__dataclass_fields__ if f != "hub_url"]
+        values = {n: getattr(app, n) for n in names if hasattr(app, n)}
+        return cls(hub_url=getattr(app, "hub_url", ""), **values)
+
+    @property
+    def api_url(self) -> str:
+        # Like BinderHub: a hub-managed service gets JUPYTERHUB_API_URL from
+        # the hub, which wins over the public URL; hub_url_local wins over both.
+        if self.hub_url_local:
+            return self.hub_url_local.rstrip("/") + "/hub/api/"
+        env = os.environ.get("JUPYTERHUB_API_URL", "")
+        if env:
+            return env.rstrip("/") + "/"
+        return self.hub_url.rstrip("/") + "/hub/api/"
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    user: str
+    server_name: str
+    anonymous: bool
+    repo_url: str
+    repo_quota: int
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.user}/{self.server_name}"
+
+
+@dataclass(slots=True)
+class _Traces:
+    """What one launch may have left on the hub, for its cleanup."""
+
+    user: bool = False  # a temporary user (anonymous)
+    server: bool = False  # a server requested for a real user (authenticated)
+    token_id: str = ""  # the launch token of a real user
+
+    @property
+    def any(self) -> bool:
+        return self.user or self.server or bool(self.token_id)
+
+
+class _LauncherMeta(MetaHasTraits, type(Launcher)):  # type: ignore[misc]
+    """traitlets' metaclass combined with the ABCMeta of the Launcher contract."""
+
+
+class HubLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
+    """JupyterHub REST API launcher (anonymous temporary users, or named
+    servers of authenticated users)."""
+
+    retries = Integer(
+        6,
+        config=True,
+        help="Attempts per hub API request (the first included) when the hub is "
+        "unreachable or answers 429/502/503/504. Never beyond launch_timeout.",
+    )
+    retry_delay = Float(
+        1.0,
+        config=True,
+        help="Seconds before the first retry of a hub API request; doubles with each retry.",
+    )
+    retry_delay_max = Float(8.0, config=True, help="Upper bound of the delay between retries.")
+    launch_timeout = Float(
+        600.0,
+        config=True,
+        help="Seconds a launch may take in total, from the quota check to the server "
+        "being ready. A launch that takes longer fails and is cleaned up.",
+    )
+    request_timeout = Float(20.0, config=True, help="Seconds a single hub API request may take.")
+    cleanup_timeout = Float(
+        3600.0,
+        config=True,
+        help="Seconds binderbuild keeps trying to remove what a failed launch left "
+        "on the hub (e.g. while the hub is down). The idle culler catches the rest.",
+    )
+    token_expires_in = Integer(
+        0,
+        config=True,
+        help="Lifetime in seconds of the per-launch server token. 0: until the temporary "
+        "user is deleted (anonymous) or the token is revoked.",
+    )
+    server_counter_class = Unicode(
+        "",
+        config=True,
+        help="Import string of the server counter used for launch quotas: a class taking "
+        "(parent=, log=) whose count(repo_url=None) returns the running servers. "
+        "Empty: count from the hub's REST API (HubServerCounter).",
+    )
+
+    @classmethod
+    def section_names(cls) -> list[str]:
+        # BinderHub's c.Launcher.retries etc. apply too (lowest priority).
+        return ["Launcher", *super().section_names()]
+
+    def __init__(
+        self,
+        *,
+        http: HttpClient,
+        providers: Mapping[str, RepoProvider] | None = None,
+        settings: HubSettings | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings or HubSettings.from_app(self.parent)
+        if not self.settings.hub_url:
+            raise ConfigError("HubLauncher needs BinderBuild.hub_url (the hub's public URL).")
+        if not self.settings.hub_api_token:
+            raise ConfigError(
+                "HubLauncher needs BinderBuild.hub_api_token (or JUPYTERHUB_API_TOKEN): "
+                "the API token of binderbuild's hub service."
+            )
+        self.providers = dict(providers or {})
+        self._stream_http = HttpClient(user_agent=http.user_agent, max_clients=1000)
+        self.hub = HubClient(
+            http,
+            self.settings.api_url,
+            self.settings.hub_api_token,
+            retry=RetryPolicy(self.retries, self.retry_delay, self.retry_delay_max),
+            request_timeout=self.request_timeout,
+            stream_http=self._stream_http,
+        )
+        self.quota = LaunchQuota(self._make_counter(), self.settings.pod_quota)
+        if self.settings.pod_quota is not None or self._any_repo_quota():
+            with contextlib.suppress(RuntimeError):  # no running loop: start lazily
+                self.quota.start()
+        self._cleanups: set[asyncio.Task[None]] = set()
+
+    def _any_repo_quota(self) -> bool:
+        s = self.settings
+        return bool(
+            s.per_repo_quota
+            or s.per_repo_quota_higher
+            or any(
+                "quota" in entry.get("config", {})
+                for p in self.providers.values()
+                for entry in getattr(p, "spec_config", [])
+            )
+        )
+
+    def _make_counter(self) -> ServerCounter:
+        if self.server_counter_class:
+            klass = import_item(self.server_counter_class)
+            return klass(parent=self, log=self.log)  # type: ignore[no-any-return]
+        return HubServerCounter(self.hub.get_json, parent=self, log=self.log)
+
+    # --- the contract ---------------------------------------------------------
+
+    async def launch(self, request: LaunchRequest) -> AsyncIterator[ProgressEvent | LaunchResult]:
+        # The work runs in its own task and talks to this generator through a
+        # queue: the deadline then never cancels the consumer's code, and a
+        # consumer that goes away cancels exactly this launch.
+        queue: asyncio.Queue[ProgressEvent | LaunchResult | BaseException] = asyncio.Queue()
+        task = asyncio.ensure_future(self._run(request, queue.put_nowait))
+        try:
+            yield event(Phase.LAUNCHING, "Launching server...\n")
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if isinstance(item, LaunchResult):
+                    return
+        finally:
+            # The client went away (or the launch ended): a running launch
+            # is cancelled, and cancelling it schedules its cleanup.
+            if not task.done():
+                task.cancel()
+
+    async def check(self) -> dict[str, Any]:
+        resp = await self.hub.call("GET", "", attempts=1, deadline=time.monotonic() + 5)
+        if resp.status != 200:
+            raise HubError(f"JupyterHub answered {resp.status}: {hub_reason(resp)}")
+        info: dict[str, Any] = {"version": resp.json().get("version", "")}
+        if self.settings.pod_quota is not None:
+            info["quota"] = self.settings.pod_quota
+        info["launches_in_flight"] = len(self.quota.inflight())
+        return info
+
+    async def close(self) -> None:
+        if self._cleanups:
+            # Give cleanups a moment to finish; the idle culler gets the rest.
+            await asyncio.wait(list(self._cleanups), timeout=5)
+            for task in list(self._cleanups):
+                task.cancel()
+        await self.quota.close()
+        self._stream_http.close()
+
+    # --- one launch --------------------------------------------------------------
+
+    def _plan(self, request: LaunchRequest) -> _Plan:
+        s = self.settings
+        repo_url = request.ref.repo_url
+        if s.auth_enabled:
+            if not request.user:
+                raise Forbidden("Log in to launch servers on this Binder.")
+            if request.server_name:
+                server_name = request.server_name
+            elif s.use_named_servers:
+                server_name = unique_name_from_repo(repo_url, max_prefix=24)
+            else:
+                server_name = ""
+            user, anonymous = request.user, False
+        else:
+            user, server_name, anonymous = unique_name_from_repo(repo_url), "", True
+        return _Plan(user, server_name, anonymous, repo_url, self._repo_quota(request))
+
+    def _repo_quota(self, request: LaunchRequest) -> int:
+        s = self.settings
+        provider = self.providers.get(request.ref.provider_id)
+        if provider is not None:
+            configured = provider.repo_config(request.ref.spec).get("quota")
+            if configured is not None:
+                return int(configured)
+            if s.per_repo_quota_higher and provider.has_higher_quota(request.ref.spec):
+                return s.per_repo_quota_higher
+        return s.per_repo_quota
+
+    async def _run(
+        self,
+        request: LaunchRequest,
+        emit: Callable[[ProgressEvent | LaunchResult | BaseException], None],
+    ) -> None:
+        started = time.monotonic()
+        deadline = started + self.launch_timeout
+        last_message = [""]
+        traces = _Traces()  # what a failure must remove again
+        reservation: Reservation | None = None
+        plan: _Plan | None = None
+        try:
+            plan = self._plan(request)
+            async with asyncio.timeout_at(_loop_time(deadline)):
+                reservation = await self.quota.check_and_reserve(
+                    plan.repo_url, plan.repo_quota, plan.full_name
+                )
+                if plan.anonymous:
+                    await self._create_user(plan, deadline, traces)
+                else:
+                    await self._check_user_servers(plan, deadline)
+                token, token_id = await self._create_token(plan, deadline)
+                if not plan.anonymous:
+                    # Tokens of temporary users go with the user.
+                    traces.token_id = token_id
+                await self._start_server(plan, request, token, deadline, traces)
+
+                def relay(ev: dict[str, Any]) -> None:
+                    message = str(ev.get("message") or "").strip()
+                    if message:
+                        last_message[0] = message
+                        emit(event(Phase.LAUNCHING, message + "\n"))
+
+                ready = await self._follow(plan, relay, deadline)
+            url = urljoin(self.settings.hub_url, ready.get("url") or self._server_url_path(plan))
+            reservation.succeeded()
+            self.log.info(
+                "launched %s as %s in %.2fs",
+                request.image,
+                plan.full_name,
+                time.monotonic() - started,
+            )
+            emit(LaunchResult(url=url, token=token, user=plan.user, server_name=plan.server_name))
+        except TimeoutError:
+            reason = f" Last message from JupyterHub: {last_message[0]}" if last_message[0] else ""
+            emit(
+                LaunchTimeout(
+                    f"The server did not start within {self.launch_timeout:g} seconds.{reason}"
+                )
+            )
+            self._after_failure(plan, traces, reservation)
+        except asyncio.CancelledError:
+            self._after_failure(plan, traces, reservation)
+            raise
+        except BinderBuildError as exc:
+            emit(exc)
+            self._after_failure(plan, traces, reservation)
+        except Exception as exc:  # a bug: still clean up and say something useful
+            self.log.exception("launch of %s crashed", request.image)
+            emit(LaunchFailed(f"Launch failed: {type(exc).__name__}: {exc}"))
+            self._after_failure(plan, traces, reservation)
+
+    def _server_url_path(self, plan: _Plan) -> str:
+        base = urlsplit(self.settings.hub_url).path.rstrip("/")
+        server = f"{quote(plan.server_name, safe='')}/" if plan.server_name else ""
+        return f"{base}/user/{quote(plan.user, safe='@~')}/{server}"
+
+    async def _create_user(self, plan: _Plan, deadline: float, traces: _Traces) -> None:
+        # Set before the call: a POST whose answer got lost (timeout, hub
+        # restart) may still have created the user.
+        traces.user = True
+        resp = await self.hub.call(
+            "POST", user_path(plan.user), deadline=deadline, conflict_ok_on_retry=True
+        )
+        if resp.status == 409:
+            # A fresh random name that already exists (on the first attempt):
+            # someone else's user, neither ours to reuse nor to delete.
+            traces.user = False
+            raise HubError("JupyterHub already has a user with the generated name; try again.")
+        if resp.status not in (200, 201):
+            raise HubError(f"JupyterHub refused to create a user: {hub_reason(resp)}")
+
+    async def _check_user_servers(self, plan: _Plan, deadline: float) -> None:
+        model = await self.hub.get_json(user_path(plan.user), deadline)
+        servers = model.get("servers") or {}
+        if plan.server_name == "":
+            if "" in servers:
+                raise QuotaExceeded(
+                    f"{plan.user} already has a running server. Stop it before launching another."
+                )
+            return
+        limit = self.settings.named_server_limit_per_user
+        named = [name for name in servers if name]
+        if limit > 0 and len(named) >= limit:
+            raise QuotaExceeded(
+                f"{plan.user} already has {len(named)} of at most {limit} servers running. "
+                "Stop one before launching another."
+            )
+
+    async def _create_token(self, plan: _Plan, deadline: float) -> tuple[str, str]:
+        # A hub token of the launch's user that can access only this server:
+        # jupyterhub-singleuser accepts it, and it dies with the temporary user.
+        body: dict[str, Any] = {
+            "note": f"binder launch {plan.full_name}",
+            "scopes": [f"access:servers!server={plan.full_name}"],
+        }
+        if self.token_expires_in > 0:
+            body["expires_in"] = self.token_expires_in
+        resp = await self.hub.call(
+            "POST", f"{user_path(plan.user)}/tokens", json_body=body, deadline=deadline
+        )
+        if resp.status not in (200, 201):
+            raise HubError(f"JupyterHub refused to create a server token: {hub_reason(resp)}")
+        model = resp.json()
+        token = model.get("token")
+        if not isinstance(token, str) or not token:
+            raise HubError("JupyterHub created a token but did not return it.")
+        return token, str(model.get("id", ""))
+
+    async def _start_server(
+        self, plan: _Plan, request: LaunchRequest, token: str, deadline: float, traces: _Traces
+    ) -> None:
+        options = {
+            "image": request.image,
+            "token": token,
+            "repo_url": request.ref.repo_url,
+            "binder_ref_url": request.ref.ref_url,
+            "binder_launch_host": request.launch_host,
+            "binder_request": request.request_path,
+            "binder_persistent_request": request.persistent_request_path,
+        }
+        path = server_path(plan.user, plan.server_name)
+        # A real user's server is stopped again on failure only if this
+        # launch may have started it (set before the call: an answer can get
+        # lost), never when the hub refused because one was already there.
+        traces.server = not plan.anonymous
+        # A 500 here is a spawn that failed within the hub's slow_spawn_timeout:
+        # a real answer, not something to retry.
+        resp = await self.hub.call(
+            "POST",
+            path,
+            json_body=options,
+            deadline=deadline,
+            conflict_ok_on_retry=True,
+            retry_500=False,
+        )
+        if resp.status in (200, 201, 202):
+            return
+        if 400 <= resp.status < 500:
+            traces.server = False
+        reason = hub_reason(resp)
+        if (
+            not plan.anonymous
+            and resp.status in (400, 409)
+            and ("already" in reason or "maximum" in reason)
+        ):
+            # The hub's own per-user limits (a running default server, its
+            # named_server_limit_per_user) refused.
+            raise QuotaExceeded(f"Could not start the server: {reason}")
+        raise LaunchFailed(f"Could not start the server: {reason}")
+
+    async def _follow(
+        self, plan: _Plan, relay: Callable[[dict[str, Any]], None], deadline: float
+    ) -> dict[str, Any]:
+        path = server_path(plan.user, plan.server_name) + "/progress"
+        looked_again = False
+        not_starting = 0
+        while True:
+            outcome = await self.hub.follow_progress(path, relay, deadline=deadline)
+            final = outcome.final
+            if final is not None and final.get("ready"):
+                return final
+            if final is not None:
+                reason = str(final.get("message") or "the hub gave no reason")
+                if "cancel" in reason.lower() and not await self._hub_answers():
+                    # A hub shutting down cancels every pending spawn.
+                    raise HubError(f"JupyterHub stopped while the server was starting ({reason}).")
+                raise LaunchFailed(f"Could not start the server: {reason}")
+            if outcome.status in (200, 0) and not looked_again:
+                # The stream ended early (hub restart, network): ask once more.
+                looked_again = True
+                continue
+            if outcome.status == 400 and not_starting < 20:
+                # "not starting": a spawn that failed at once is still being
+                # stopped by the hub, and its reason is only on the progress
+                # stream once that is done. Ask again shortly.
+                not_starting += 1
+                await asyncio.sleep(0.25)
+                continue
+            # No progress to follow: the server is either up already or gone.
+            model = await self.hub.get_json(user_path(plan.user), deadline)
+            server = (model.get("servers") or {}).get(plan.server_name)
+            if server and server.get("ready"):
+                return {"url": server.get("url")}
+            why = outcome.error or outcome.cut or "the server is no longer starting"
+            raise LaunchFailed(f"Could not start the server: {why}.")
+
+    async def _hub_answers(self) -> bool:
+        try:
+            resp = await self.hub.call("GET", "", attempts=1, deadline=time.monotonic() + 2)
+        except HubError:
+            return False
+        return resp.status == 200
+
+    # --- leaving nothing behind ---------------------------------------------------
+
+    def _after_failure(
+        self, plan: _Plan | None, traces: _Traces, reservation: Reservation | None
+    ) -> None:
+        if plan is not None and traces.any:
+            task = asyncio.ensure_future(self._cleanup(plan, traces))
+            self._cleanups.add(task)
+
+            def done(t: asyncio.Task[None]) -> None:
+                self._cleanups.discard(t)
+                # Only now is the place free again: the server is gone.
+                if reservation is not None:
+                    reservation.failed()
+
+            task.add_done_callback(done)
+        elif reservation is not None:
+            reservation.failed()
+
+    async def _cleanup(self, plan: _Plan, traces: _Traces) -> None:
+        deadline = time.monotonic() + self.cleanup_timeout
+        delay = self.retry_delay
+        while True:
+            try:
+                if await self._remove(plan, deadline, traces):
+                    self.log.info("cleaned up failed launch %s", plan.full_name)
+                    return
+            except HubError as exc:
+                self.log.warning("cleanup of %s: %s", plan.full_name, exc.message)
+            if time.monotonic() + delay > deadline:
+                self.log.error(
+                    "gave up cleaning up %s after %gs; the idle culler will remove it",
+                    plan.full_name,
+                    self.cleanup_timeout,
+                )
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.retry_delay_max)
+
+    async def _remove(self, plan: _Plan, deadline: float, traces: _Traces) -> bool:
+        """One pass at removing a launch's traces; True when nothing is left."""
+        if traces.token_id:
+            # A real user's tokens outlive the server: revoke this launch's.
+            resp = await self.hub.call(
+                "DELETE",
+                f"{user_path(plan.user)}/tokens/{traces.token_id}",
+                deadline=deadline,
+                attempts=1,
+            )
+            if resp.status not in (204, 404):
+                return False
+            traces.token_id = ""
+        if not plan.anonymous and not traces.server:
+            return True
+        if plan.anonymous:
+            # Stop first: deleting a user whose server is starting is refused.
+            stop = await self.hub.call(
+                "DELETE", server_path(plan.user, ""), deadline=deadline, attempts=1
+            )
+            if stop.status == 404:
+                return True  # no such user (never created, or already gone)
+            resp = await self.hub.call(
+                "DELETE", user_path(plan.user), deadline=deadline, attempts=1
+            )
+            return resp.status in (204, 404)
+        if plan.server_name:
+            resp = await self.hub.call(
+                "DELETE",
+                server_path(plan.user, plan.server_name),
+                json_body={"remove": True},
+                deadline=deadline,
+                attempts=1,
+            )
+            return resp.status in (202, 204, 404)
+        resp = await self.hub.call(
+            "DELETE", server_path(plan.user, ""), deadline=deadline, attempts=1
+        )
+        return resp.status in (202, 204, 404)
+
+
+def _loop_time(deadline: float) -> float:
+    """A time.monotonic() deadline on the running loop's clock."""
+    loop = asyncio.get_running_loop()
+    return loop.time() + (deadline - time.monotonic())

@@ -1,0 +1,186 @@
+"""The JupyterHub configuration of binderbuild's embedded (single-machine) hub.
+
+``render(HubConfig(...))`` returns the text of a ``jupyterhub_config.py``;
+``python -m binderbuild.hubconfig --help`` writes one from the command line
+(scripts/run.sh and the tests use it). The file is plain JupyterHub
+configuration, meant to be read: an operator who outgrows it copies it and
+edits it. What it sets up:
+
+- the hub and its proxy (configurable-http-proxy, started by the hub) on
+  loopback, with the hub's database, cookie secret and proxy pid file in
+  ``data_dir``;
+- ``binderbuild.spawner.BinderDockerSpawner`` on the local Docker engine,
+  accepting only images under binderbuild's image prefix, with host
+  networking on loopback by default (a machine whose dockerd has no bridge);
+- a ``binder`` service whose API token binderbuild uses, with exactly the
+  scopes a launcher needs;
+- jupyterhub-idle-culler as a hub-managed service: idle servers are stopped
+  and (anonymous deployments) their temporary users deleted;
+- ``slow_spawn_timeout = 0``: starting a server answers at once and every
+  spawn message, including failures, arrives on the progress stream that
+  binderbuild relays.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# What binderbuild's launcher does with its service token: create and delete
+# temporary users, start/stop/follow their servers, create the per-launch
+# server token, and list active servers for quotas.
+BINDER_SERVICE_SCOPES = (
+    "admin:users",
+    "admin:servers",
+    "tokens",
+    "access:servers",
+    "list:users",
+    "read:users",
+    "read:servers",
+)
+
+# What jupyterhub-idle-culler needs (admin:users only to delete users).
+CULLER_SCOPES = (
+    "list:users",
+    "read:users:activity",
+    "read:servers",
+    "delete:servers",
+    "admin:users",
+)
+
+
+@dataclass
+class HubConfig:
+    data_dir: Path
+    api_token: str  # binderbuild's service token
+    image_prefixes: list[str]
+    proxy_command: str = "configurable-http-proxy"
+    ip: str = "127.0.0.1"
+    port: int = 8000  # public: the proxy, where users' browsers go
+    hub_port: int = 8081  # the hub's own API (binderbuild's hub_url_local)
+    proxy_api_port: int = 8001
+    base_url: str = "/"
+    docker_network: str = "host"
+    pull_policy: str = "ifnotpresent"
+    container_prefix: str = "binder"
+    start_timeout: int = 120
+    http_timeout: int = 60
+    cull_timeout: int = 600  # idle seconds before a server is culled; 0: no culler
+    cull_every: int = 60
+    cull_max_age: int = 0
+    auth_enabled: bool = False
+    allow_named_servers: bool = True
+    service_name: str = "binder"
+    service_url: str = ""  # binderbuild's URL, shown in the hub's service list
+    python: str = field(default_factory=lambda: sys.executable)
+    extra: str = ""  # appended verbatim
+
+    @property
+    def public_url(self) -> str:
+        return f"http://{self.ip}:{self.port}{self.base_url}"
+
+    @property
+    def hub_api_base(self) -> str:
+        return f"http://{self.ip}:{self.hub_port}{self.base_url}"
+
+
+def render(cfg: HubConfig) -> str:
+    data = Path(cfg.data_dir).resolve()
+    culler: list[str] = []
+    if cfg.cull_timeout > 0:
+        culler = [
+            cfg.python,
+            "-m",
+            "jupyterhub_idle_culler",
+            f"--timeout={cfg.cull_timeout}",
+            f"--cull-every={cfg.cull_every}",
+            # Anonymous Binder: temporary users go with their servers.
+            # Authenticated: real users stay, their named servers go.
+            f"--cull-users={'false' if cfg.auth_enabled else 'true'}",
+            f"--remove-named-servers={'true' if cfg.auth_enabled else 'false'}",
+        ]
+        if cfg.cull_max_age > 0:
+            culler.append(f"--max-age={cfg.cull_max_age}")
+    service: dict[str, object] = {"name": cfg.service_name, "api_token": cfg.api_token}
+    if cfg.service_url:
+        service["url"] = cfg.service_url
+        service["display"] = True
+    services: list[dict[str, object]] = [service]
+    roles: list[dict[str, object]] = [
+        {
+            "name": f"{cfg.service_name}-launcher",
+            "scopes": list(BINDER_SERVICE_SCOPES),
+            "services": [cfg.service_name],
+        }
+    ]
+    if culler:
+        services.append({"name": "idle-culler", "command": culler})
+        roles.append(
+            {"name": "idle-culler", "scopes": list(CULLER_SCOPES), "services": ["idle-culler"]}
+        )
+    authenticator = "jupyterhub.auth.NullAuthenticator" if not cfg.auth_enabled else None
+
+    lines = [
+        "# JupyterHub configuration written by binderbuild.hubconfig.",
+        "# Regenerate it with `python -m binderbuild.hubconfig` rather than editing it,",
+        "# or copy it and make it your own (docs/operators.md).",
+        "",
+        "# --- where the hub and its proxy listen ---",
+        f"c.JupyterHub.ip = {cfg.ip!r}",
+        f"c.JupyterHub.port = {cfg.port}",
+        f"c.JupyterHub.base_url = {cfg.base_url!r}",
+        f"c.JupyterHub.hub_ip = {cfg.ip!r}",
+        f"c.JupyterHub.hub_port = {cfg.hub_port}",
+        # Spawned servers reach the hub's API here (they share the host's loopback).
+        f"c.JupyterHub.hub_connect_ip = {cfg.ip!r}",
+        f"c.ConfigurableHTTPProxy.api_url = 'http://{cfg.ip}:{cfg.proxy_api_port}'",
+        f"c.ConfigurableHTTPProxy.command = [{cfg.proxy_command!r}]",
+        # A proxy left running by a hub that was killed is found and replaced
+        # through this pid file on the next start.
+        f"c.ConfigurableHTTPProxy.pid_file = {str(data / 'jupyterhub-proxy.pid')!r}",
+        "",
+        "# --- state ---",
+        f"c.JupyterHub.db_url = {'sqlite:///' + str(data / 'jupyterhub.sqlite')!r}",
+        f"c.JupyterHub.cookie_secret_file = {str(data / 'jupyterhub_cookie_secret')!r}",
+        f"c.JupyterHub.pid_file = {str(data / 'jupyterhub.pid')!r}",
+        "c.JupyterHub.cleanup_servers = True",
+        "",
+        "# --- launches ---",
+        "c.JupyterHub.spawner_class = 'binderbuild.spawner.BinderDockerSpawner'",
+        f"c.JupyterHub.allow_named_servers = {cfg.allow_named_servers!r}",
+        "# Answer POST /users/{name}/server at once; binderbuild relays the progress stream.",
+        "c.JupyterHub.tornado_settings = {'slow_spawn_timeout': 0}",
+        f"c.BinderSpawnerMixin.allowed_image_prefixes = {list(cfg.image_prefixes)!r}",
+        f"c.BinderSpawnerMixin.auth_enabled = {cfg.auth_enabled!r}",
+        f"c.DockerSpawner.network_name = {cfg.docker_network!r}",
+        "c.DockerSpawner.use_internal_ip = True",
+        "c.DockerSpawner.remove = True",
+        f"c.DockerSpawner.prefix = {cfg.container_prefix!r}",
+        f"c.DockerSpawner.pull_policy = {cfg.pull_policy!r}",
+        f"c.Spawner.start_timeout = {cfg.start_timeout}",
+        f"c.Spawner.http_timeout = {cfg.http_timeout}",
+        "",
+        "# --- services: binderbuild, idle culler ---",
+        f"c.JupyterHub.services = {services!r}",
+        f"c.JupyterHub.load_roles = {roles!r}",
+    ]
+    if authenticator:
+        lines += [
+            "",
+            "# Anonymous Binder: nobody logs in; binderbuild creates temporary users.",
+            f"c.JupyterHub.authenticator_class = {authenticator!r}",
+        ]
+    if cfg.extra:
+        lines += ["", "# --- extra ---", cfg.extra]
+    return "\n".join(lines) + "\n"
+
+
+def write(cfg: HubConfig, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
+    path.write_text(render(cfg))
+    # The file holds the service token.
+    path.chmod(0o600)
+    return path

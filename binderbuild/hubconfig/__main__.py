@@ -1,0 +1,84 @@
+"""``python -m binderbuild.hubconfig``: write the embedded hub's jupyterhub_config.py."""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import sys
+from pathlib import Path
+
+from binderbuild.hubconfig import HubConfig, write
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m binderbuild.hubconfig",
+        description="Write a jupyterhub_config.py for binderbuild's single-machine hub.",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="config file to write")
+    parser.add_argument(
+        "--data-dir", type=Path, required=True, help="hub database, secrets, pid files"
+    )
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        required=True,
+        help="binderbuild's service token; created (random) when missing",
+    )
+    parser.add_argument(
+        "--image-prefix",
+        action="append",
+        required=True,
+        dest="prefixes",
+        help="allowed image prefix (repeatable): binderbuild's image_prefix",
+    )
+    parser.add_argument("--proxy-command", default="configurable-http-proxy")
+    parser.add_argument("--ip", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000, help="public (proxy) port")
+    parser.add_argument("--hub-port", type=int, default=8081)
+    parser.add_argument("--proxy-api-port", type=int, default=8001)
+    parser.add_argument("--docker-network", default="host")
+    parser.add_argument(
+        "--pull-policy", default="ifnotpresent", choices=["ifnotpresent", "always", "never", "skip"]
+    )
+    parser.add_argument("--container-prefix", default="binder")
+    parser.add_argument("--cull-timeout", type=int, default=600, help="0 disables the culler")
+    parser.add_argument("--cull-every", type=int, default=60)
+    parser.add_argument("--auth-enabled", action="store_true")
+    parser.add_argument("--service-url", default="")
+    args = parser.parse_args(argv)
+
+    token_file: Path = args.token_file
+    if token_file.exists():
+        token = token_file.read_text().strip()
+    else:
+        token = secrets.token_hex(32)
+        token_file.parent.mkdir(parents=True, exist_ok=True)
+        token_file.touch(mode=0o600)
+        token_file.write_text(token + "\n")
+    if len(token) < 32:
+        print(f"{token_file}: the service token is too short", file=sys.stderr)
+        return 2
+    cfg = HubConfig(
+        data_dir=args.data_dir,
+        api_token=token,
+        image_prefixes=args.prefixes,
+        proxy_command=args.proxy_command,
+        ip=args.ip,
+        port=args.port,
+        hub_port=args.hub_port,
+        proxy_api_port=args.proxy_api_port,
+        docker_network=args.docker_network,
+        pull_policy=args.pull_policy,
+        container_prefix=args.container_prefix,
+        cull_timeout=args.cull_timeout,
+        cull_every=args.cull_every,
+        auth_enabled=args.auth_enabled,
+        service_url=args.service_url,
+    )
+    write(cfg, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,414 @@
+"""Every Prometheus metric binderbuild exports, in one place.
+
+Names follow ``binderbuild_<noun>_<verb>_<unit>``; counters get Prometheus'
+``_total`` suffix. Label *names* are fixed here and label *values* come from
+the closed sets below (enums, configured provider ids), so the number of
+series is known up front. The one exception, a per-repository label, is off
+unless the operator turns it on (``BinderBuild.metrics_repo_labels``):
+thousands of repositories would mean thousands of series per metric.
+
+Each ``Metrics`` owns its own ``CollectorRegistry`` (never the process-global
+one), so several applications can live in one process (tests) without
+"Duplicated timeseries" errors, and ``/metrics`` shows only binderbuild's
+series.
+
+Hook points (wired by ``Metrics.attach``): ``BuildManager.on_started`` /
+``on_finished`` for builds, a ``Launcher`` wrapper for launches (the only place
+that sees a launch start *and* end), ``HttpClient.observers`` for every
+outbound request, and a collector that reads the build queue at scrape time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from binderbuild.builds import Build, BuildManager, BuildState
+from binderbuild.errors import BinderBuildError
+from binderbuild.http import HttpRequestSpec, HttpResponse, redact_url
+from binderbuild.launcher import Launcher
+from binderbuild.logging_setup import scrub
+from binderbuild.models import LaunchRequest, LaunchResult
+from binderbuild.secrets import Scrubber
+
+if TYPE_CHECKING:
+    from binderbuild.context import Context
+    from binderbuild.events import ProgressEvent
+
+PREFIX = "binderbuild"
+
+
+class BuildStatus(enum.StrEnum):
+    SUCCESS = "success"
+    FAILURE = "failure"
+    CANCELLED = "cancelled"
+
+
+class LaunchStatus(enum.StrEnum):
+    SUCCESS = "success"
+    FAILURE = "failure"
+    # The client went away (or the service stopped) before the server was ready.
+    ABANDONED = "abandoned"
+
+
+class Upstream(enum.StrEnum):
+    REGISTRY = "registry"
+    HUB = "hub"
+    PROVIDER = "provider"
+    OTHER = "other"
+
+
+class Refusal(enum.StrEnum):
+    RATE_LIMIT = "rate_limit"
+    BANNED = "banned"
+    FORBIDDEN = "forbidden"
+
+
+_BUILD_STATUS = {
+    BuildState.SUCCEEDED: BuildStatus.SUCCESS,
+    BuildState.FAILED: BuildStatus.FAILURE,
+    BuildState.CANCELLED: BuildStatus.CANCELLED,
+}
+
+# Seconds. Builds take from seconds (cached layers) to an hour; launches from
+# about a second to the hub's spawn timeout; upstream calls are sub-second.
+BUILD_BUCKETS = (5, 10, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, float("inf"))
+LAUNCH_BUCKETS = (0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300, 600, float("inf"))
+QUEUE_BUCKETS = (0.1, 1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, float("inf"))
+UPSTREAM_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, float("inf"))
+
+# Public API hosts of the hosted providers, used to attribute outbound
+# requests; providers configured with other hosts are found from their traits.
+KNOWN_PROVIDER_HOSTS: Mapping[str, str] = {
+    "api.github.com": "gh",
+    "github.com": "gh",
+    "gitlab.com": "gl",
+    "zenodo.org": "zenodo",
+    "api.figshare.com": "figshare",
+    "figshare.com": "figshare",
+    "www.hydroshare.org": "hydroshare",
+    "hydroshare.org": "hydroshare",
+}
+
+# Response headers carrying the remaining API quota (GitHub; GitLab).
+_RATELIMIT_HEADERS = ("X-RateLimit-Remaining", "RateLimit-Remaining")
+
+
+def _netloc(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        return f"{host}:{parts.port}" if parts.port else host
+    except ValueError:
+        return ""
+
+
+class UpstreamClassifier:
+    """Says which dependency an outbound URL belongs to, from its host.
+
+    Registry and hub are matched on host *and* port (on one machine they
+    differ only by port); providers on host.
+    """
+
+    def __init__(
+        self,
+        registry_urls: Iterable[str] = (),
+        hub_urls: Iterable[str] = (),
+        provider_hosts: Mapping[str, str] | None = None,
+    ) -> None:
+        self.registry = {n for n in map(_netloc, registry_urls) if n}
+        self.hub = {n for n in map(_netloc, hub_urls) if n}
+        self.provider_hosts = {h.lower(): p for h, p in (provider_hosts or {}).items()}
+
+    def classify(self, url: str) -> tuple[Upstream, str]:
+        """(service, provider id or "")."""
+        netloc = _netloc(url)
+        if netloc in self.registry:
+            return Upstream.REGISTRY, ""
+        if netloc in self.hub:
+            return Upstream.HUB, ""
+        host = netloc.rsplit(":", 1)[0] if netloc.count(":") == 1 else netloc
+        for key in (netloc, host):
+            if key in self.provider_hosts:
+                return Upstream.PROVIDER, self.provider_hosts[key]
+        return Upstream.OTHER, ""
+
+    @classmethod
+    def from_providers(
+        cls,
+        providers: Mapping[str, Any],
+        registry_urls: Iterable[str] = (),
+        hub_urls: Iterable[str] = (),
+    ) -> UpstreamClassifier:
+        """Find provider hosts in the providers' URL-valued traits (API base
+        URLs of self-hosted GitLab, Dataverse installations ...)."""
+        hosts = {h: p for h, p in KNOWN_PROVIDER_HOSTS.items() if p in providers}
+        for prefix, provider in providers.items():
+            traits = getattr(provider, "traits", None)
+            if traits is None:
+                continue
+            for name in provider.trait_names(config=True):
+                value = getattr(provider, name, None)
+                values = value if isinstance(value, list | tuple) else [value]
+                for item in values:
+                    if not isinstance(item, str) or not item:
+                        continue
+                    if item.startswith(("http://", "https://")):
+                        netloc = _netloc(item)
+                    elif "host" in name and "/" not in item:
+                        netloc = item.lower()  # a bare host name (hostname, hosts)
+                    else:
+                        continue
+                    if not netloc or "{" in netloc:
+                        continue  # templates like "api.{hostname}"
+                    if hosts.setdefault(netloc, prefix) != prefix:
+                        # Claimed by several providers (the DOI resolver):
+                        # a provider request, but whose is unknown.
+                        hosts[netloc] = ""
+        return cls(registry_urls, hub_urls, hosts)
+
+
+class _QueueCollector:
+    """Reads the build manager at scrape time: always current, no bookkeeping."""
+
+    def __init__(self, builds: BuildManager) -> None:
+        self.builds = builds
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            f"{PREFIX}_build_queued_builds",
+            "Builds waiting for a build slot.",
+            value=self.builds.queue_length,
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_build_running_builds",
+            "Builds in progress.",
+            value=self.builds.running,
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_build_joined",
+            "Requests that attached to a build another request had started "
+            "(deduplicated builds).",
+            value=self.builds.joins,
+        )
+
+
+class Metrics:
+    """binderbuild's metrics on a private registry."""
+
+    def __init__(self, *, repo_labels: bool = False, scrubber: Scrubber | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.repo_labels = repo_labels
+        self.scrubber = scrubber or Scrubber()
+        self.classifier = UpstreamClassifier()
+        extra = ("repo",) if repo_labels else ()
+        r = self.registry
+        self.build_duration = Histogram(
+            f"{PREFIX}_build_duration_seconds",
+            "Time from the start of a build to its end, by outcome.",
+            ["status"],
+            buckets=BUILD_BUCKETS,
+            registry=r,
+        )
+        self.build_finished = Counter(
+            f"{PREFIX}_build_finished",
+            "Builds that ended, by outcome and provider.",
+            ["status", "provider", *extra],
+            registry=r,
+        )
+        self.build_queue_wait = Histogram(
+            f"{PREFIX}_build_queue_wait_seconds",
+            "Time a build waited in the queue for a build slot.",
+            buckets=QUEUE_BUCKETS,
+            registry=r,
+        )
+        self.launch_duration = Histogram(
+            f"{PREFIX}_launch_duration_seconds",
+            "Time from asking the hub for a server to the server being ready, by outcome.",
+            ["status"],
+            buckets=LAUNCH_BUCKETS,
+            registry=r,
+        )
+        self.launch_finished = Counter(
+            f"{PREFIX}_launch_finished",
+            "Launches that ended, by outcome and provider.",
+            ["status", "provider", *extra],
+            registry=r,
+        )
+        self.launch_running = Gauge(
+            f"{PREFIX}_launch_running_launches",
+            "Launches in progress.",
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            f"{PREFIX}_upstream_request_duration_seconds",
+            "Latency of outbound HTTP requests, by dependency "
+            "(registry, hub, provider, other), provider id and status class.",
+            ["service", "provider", "code"],
+            buckets=UPSTREAM_BUCKETS,
+            registry=r,
+        )
+        self.provider_ratelimit_remaining = Gauge(
+            f"{PREFIX}_provider_ratelimit_remaining_requests",
+            "API requests left in the provider's current rate-limit window, "
+            "as its last response said.",
+            ["provider"],
+            registry=r,
+        )
+        self.request_refused = Counter(
+            f"{PREFIX}_request_refused",
+            "/build requests refused before any work, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        # Pre-create the label combinations whose values are known, so a
+        # dashboard shows 0 rather than "no data" before the first event.
+        for status in BuildStatus:
+            self.build_duration.labels(status.value)
+        for status in LaunchStatus:
+            self.launch_duration.labels(status.value)
+        for reason in Refusal:
+            self.request_refused.labels(reason.value)
+
+    # --- wiring -------------------------------------------------------------
+
+    def attach(self, ctx: Context, classifier: UpstreamClassifier | None = None) -> None:
+        """Hook into the build manager, pipeline launcher and HTTP client."""
+        if classifier is not None:
+            self.classifier = classifier
+        ctx.builds.on_started.append(self.build_started)
+        ctx.builds.on_finished.append(self.build_finished_hook)
+        self.registry.register(_QueueCollector(ctx.builds))
+        ctx.http.observers.append(self.observe_http)
+        if ctx.pipeline.launcher is not None and not isinstance(
+            ctx.pipeline.launcher, InstrumentedLauncher
+        ):
+            ctx.pipeline.launcher = InstrumentedLauncher(ctx.pipeline.launcher, self)
+        # With repo labels the repository is part of every series: nothing
+        # sensible to pre-create.
+        for provider_id in [] if self.repo_labels else ctx.providers:
+            for status in BuildStatus:
+                self._labels(self.build_finished, status, provider_id, None)
+            for status in LaunchStatus:
+                self._labels(self.launch_finished, status, provider_id, None)
+
+    def exposition(self) -> tuple[bytes, str]:
+        """(body, content type) of the text exposition format."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    # --- hooks ----------------------------------------------------------------
+
+    def _labels(self, metric: Counter, status: str, provider: str, repo: str | None) -> Any:
+        if self.repo_labels:
+            return metric.labels(status, provider, self._repo_value(repo))
+        return metric.labels(status, provider)
+
+    def _repo_value(self, repo: str | None) -> str:
+        # Repository URLs may carry credentials (git provider specs): never
+        # let them become a label.
+        return scrub(self.scrubber, redact_url(repo)) if repo else ""
+
+    def build_started(self, build: Build) -> None:
+        if build.started is not None:
+            self.build_queue_wait.observe(max(0.0, build.started - build.created))
+
+    def build_finished_hook(self, build: Build) -> None:
+        status = _BUILD_STATUS.get(build.state, BuildStatus.FAILURE)
+        ref = build.job.ref
+        self._labels(self.build_finished, status, ref.provider_id, ref.repo_url).inc()
+        if build.started is not None:
+            end = build.finished or time.time()
+            self.build_duration.labels(status.value).observe(max(0.0, end - build.started))
+
+    def launch_started(self) -> None:
+        self.launch_running.inc()
+
+    def launch_ended(
+        self, status: LaunchStatus, provider: str, repo: str | None, seconds: float
+    ) -> None:
+        self.launch_running.dec()
+        self.launch_duration.labels(status.value).observe(max(0.0, seconds))
+        self._labels(self.launch_finished, status, provider, repo).inc()
+
+    def observe_http(self, spec: HttpRequestSpec, response: HttpResponse) -> None:
+        service, provider = self.classifier.classify(spec.url)
+        code = f"{response.status // 100}xx" if 100 <= response.status < 600 else "other"
+        self.upstream_duration.labels(service.value, provider, code).observe(response.elapsed)
+        if service is Upstream.PROVIDER:
+            for header in _RATELIMIT_HEADERS:
+                raw = response.header(header)
+                if raw:
+                    try:
+                        remaining = float(raw)
+                    except ValueError:
+                        continue
+                    self.provider_ratelimit_remaining.labels(provider).set(remaining)
+                    break
+
+    def refused(self, reason: Refusal) -> None:
+        self.request_refused.labels(reason.value).inc()
+
+
+class InstrumentedLauncher(Launcher):
+    """Wraps the real launcher to time each launch and count those in progress.
+
+    The outcome is recorded the moment it is known: when the result arrives
+    (the pipeline stops iterating right after it, so a ``finally`` here would
+    only run when the generator is garbage collected) or when the inner
+    launcher raises.
+    """
+
+    def __init__(self, inner: Launcher, metrics: Metrics) -> None:
+        self.inner = inner
+        self.metrics = metrics
+
+    async def launch(self, request: LaunchRequest) -> AsyncIterator[ProgressEvent | LaunchResult]:
+        started = time.monotonic()
+        provider, repo = request.ref.provider_id, request.ref.repo_url
+        self.metrics.launch_started()
+        done = False
+
+        def end(status: LaunchStatus) -> None:
+            nonlocal done
+            if not done:
+                done = True
+                self.metrics.launch_ended(status, provider, repo, time.monotonic() - started)
+
+        try:
+            # aclosing: when our consumer goes away, the inner launcher is
+            # closed now (and cleans up its half-started server), not at some
+            # later garbage collection.
+            async with contextlib.aclosing(self.inner.launch(request)) as items:
+                async for item in items:
+                    if isinstance(item, LaunchResult):
+                        end(LaunchStatus.SUCCESS)
+                    yield item
+        except BinderBuildError:
+            end(LaunchStatus.FAILURE)
+            raise
+        except BaseException:
+            # GeneratorExit / CancelledError: nobody is waiting any more.
+            end(LaunchStatus.ABANDONED)
+            raise
+        finally:
+            end(LaunchStatus.FAILURE)
+
+    async def check(self) -> dict[str, Any]:
+        return await self.inner.check()
+
+    async def close(self) -> None:
+        await self.inner.close()

@@ -1,0 +1,421 @@
+"""The hub side of a Binder launch: spawners that run the image binderbuild asks for.
+
+This module runs inside JupyterHub, not in binderbuild: configure the hub with
+``c.JupyterHub.spawner_class = "binderbuild.spawner.BinderDockerSpawner"``
+(or mix ``BinderSpawnerMixin`` into another container spawner, e.g.
+``class BinderKubeSpawner(BinderSpawnerMixin, KubeSpawner)``).
+
+What the mixin does with the ``user_options`` of a launch (see
+docs/launching.md):
+
+- ``image``: the image to run. Only names starting with one of
+  ``allowed_image_prefixes`` are accepted: a hub service token must not be
+  enough to run arbitrary images on the hub's infrastructure.
+- ``token``: required for anonymous launches. binderbuild's launcher created
+  it as a hub API token of the launch's user, scoped to this one server, so
+  the server (``jupyterhub-singleuser``) accepts it in an ``Authorization``
+  header or as ``?token=`` on the first page load. With
+  ``server_token_args`` it is also passed as the server's own token, for
+  images whose command is a plain ``jupyter server`` / ``jupyter notebook``
+  (BinderHub's unauthenticated mode).
+- ``repo_url``, ``binder_ref_url``, ``binder_launch_host``, ``binder_request``,
+  ``binder_persistent_request``: passed to the server's environment as
+  ``BINDER_REPO_URL``, ``BINDER_REF_URL`` ... as BinderHub does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import socket
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from tornado import web
+from traitlets import Bool, Integer, List, Unicode, default
+from traitlets.config import Configurable
+
+try:  # JupyterHub >= 6: a policy refusal, logged without a traceback
+    from jupyterhub.spawner import SpawnException
+except ImportError:  # pragma: no cover - older hubs
+    SpawnException = None
+
+BINDER_ENV_FIELDS = (
+    ("repo_url", "BINDER_REPO_URL"),
+    ("binder_ref_url", "BINDER_REF_URL"),
+    ("binder_launch_host", "BINDER_LAUNCH_HOST"),
+    ("binder_request", "BINDER_REQUEST"),
+    ("binder_persistent_request", "BINDER_PERSISTENT_REQUEST"),
+)
+
+
+def spawn_error(message: str, status: int = 500, refusal: bool = False) -> web.HTTPError:
+    """An exception whose message JupyterHub relays verbatim in its progress
+    stream ("Spawn failed: <message>"), so binderbuild can show the real reason.
+
+    ``refusal``: a policy decision (bad image, missing token), which
+    JupyterHub >= 6 logs and counts as such rather than as a hub error.
+    """
+    exc: web.HTTPError
+    if refusal and SpawnException is not None:
+        exc = SpawnException(message, reason="binder-policy", status_code=status)
+    else:
+        exc = web.HTTPError(status, "%s", message)
+    exc.jupyterhub_message = message  # type: ignore[attr-defined]
+    return exc
+
+
+class BinderSpawnerMixin(Configurable):
+    """Turns a container spawner into a Binder spawner.
+
+    The container spawner must have an ``image`` attribute that selects the
+    image to run (DockerSpawner and KubeSpawner do).
+    """
+
+    auth_enabled = Bool(
+        False,
+        config=True,
+        help="""Authenticated Binder: servers belong to logged-in hub users, so no
+        token is required in user_options and tokens in URLs are not enabled.""",
+    )
+    allowed_image_prefixes = List(
+        Unicode(),
+        config=True,
+        help="""Only images whose name starts with one of these prefixes may be launched,
+        e.g. ['registry.example.org/binder-']. Use binderbuild's image_prefix (with the
+        registry host when a registry is used). Empty: every image is refused.""",
+    )
+    cors_allow_origin = Unicode(
+        "",
+        config=True,
+        help="Access-Control-Allow-Origin of the spawned servers ('*': any origin).",
+    )
+    allow_token_in_url = Bool(
+        True,
+        config=True,
+        help="""For anonymous launches, let the server accept its token as ?token= in the
+        URL (JUPYTERHUB_ALLOW_TOKEN_IN_URL): Binder clients open the server that way.""",
+    )
+    server_token_args = Bool(
+        False,
+        config=True,
+        help="""Also pass the launch token and base URL as jupyter server command-line
+        arguments (--ServerApp.token ...), for images whose command is a plain
+        `jupyter server`/`jupyter notebook` rather than jupyterhub-singleuser.""",
+    )
+
+    # --- policy --------------------------------------------------------------
+
+    def check_binder_image(self, image: Any) -> str:
+        """The image name if this hub may run it; raises a spawn refusal otherwise."""
+        if not isinstance(image, str) or not image or image != image.strip():
+            raise spawn_error(f"Invalid image name {image!r}.", 400, refusal=True)
+        if image.startswith("-") or any(ch.isspace() for ch in image):
+            raise spawn_error(f"Invalid image name {image!r}.", 400, refusal=True)
+        prefixes = [p for p in self.allowed_image_prefixes if p]
+        if not prefixes:
+            raise spawn_error(
+                f"Image {image} refused: this hub allows no Binder images "
+                "(BinderSpawnerMixin.allowed_image_prefixes is empty).",
+                403,
+                refusal=True,
+            )
+        if not any(image.startswith(p) for p in prefixes):
+            raise spawn_error(
+                f"Image {image} is not allowed on this hub: only images starting with "
+                f"{' or '.join(prefixes)} may be launched.",
+                403,
+                refusal=True,
+            )
+        return image
+
+    def _binder_options(self) -> dict[str, Any]:
+        options = getattr(self, "user_options", None)
+        return dict(options) if isinstance(options, dict) else {}
+
+    # --- spawner hooks -----------------------------------------------------------
+
+    async def start(self) -> Any:
+        options = self._binder_options()
+        if not self.auth_enabled:
+            if not options.get("token"):
+                raise spawn_error("A Binder launch needs a token in user_options.", 400, True)
+            if not options.get("image"):
+                raise spawn_error("A Binder launch needs an image in user_options.", 400, True)
+        if options.get("image"):
+            self.image = self.check_binder_image(options["image"])
+        self._forget_persisted_token(options)
+        result = super().start()  # type: ignore[misc]
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    _binder_token: str = ""
+
+    def _forget_persisted_token(self, options: dict[str, Any]) -> None:
+        # JupyterHub keeps user_options in memory and in its database, and
+        # shows them in its API. The token is a credential for the server:
+        # keep it only in this spawner, for this start.
+        if "token" not in options:
+            return
+        token = options.pop("token")
+        self._binder_token = token if isinstance(token, str) else ""
+        self.user_options = options
+        orm_spawner = getattr(self, "orm_spawner", None)
+        db = getattr(self, "db", None)
+        if orm_spawner is None or db is None:
+            return
+        try:
+            orm_spawner.user_options = dict(options)
+            db.commit()
+        except Exception as exc:  # never fail a launch over this
+            self.log.warning("could not drop the token from stored user_options: %s", exc)
+            db.rollback()
+
+    @default("apply_user_options")
+    def _default_apply_user_options(self) -> Any:
+        # JupyterHub >= 5.3 warns about user_options nobody applies; this
+        # mixin applies them in start() (and works with older hubs that way).
+        return lambda spawner, options: None
+
+    def get_env(self) -> dict[str, str]:
+        env: dict[str, str] = super().get_env()  # type: ignore[misc]
+        options = self._binder_options()
+        for key, name in BINDER_ENV_FIELDS:
+            value = options.get(key)
+            if isinstance(value, str) and value:
+                env[name] = value
+        if not self.auth_enabled and self.allow_token_in_url:
+            env["JUPYTERHUB_ALLOW_TOKEN_IN_URL"] = "1"
+        return env
+
+    def get_args(self) -> list[str]:
+        args: list[str] = list(super().get_args())  # type: ignore[misc]
+        origin = self.cors_allow_origin
+        if origin:
+            args.append(f"--ServerApp.allow_origin={origin}")
+            if origin == "*":
+                # allow_origin='*' alone does not cover requests for single files.
+                args.append("--ServerApp.allow_origin_pat=.*")
+        token = self._binder_token
+        if self.server_token_args and not self.auth_enabled and token:
+            server = getattr(self, "server", None)
+            base_url = getattr(server, "base_url", "") if server is not None else ""
+            args.append(f"--ServerApp.token={token}")
+            args.append(f"--IdentityProvider.token={token}")
+            if base_url:
+                args.append(f"--ServerApp.base_url={base_url}")
+        return args
+
+
+# --- DockerSpawner --------------------------------------------------------------
+
+try:
+    import docker.errors
+    from dockerspawner import DockerSpawner
+except ImportError:  # pragma: no cover - the hub extra is not installed
+    DockerSpawner = None  # type: ignore[assignment,misc]
+
+
+_RECENT_PORTS: dict[int, float] = {}
+_PORT_QUARANTINE = 120.0  # seconds a port handed to one spawn is not handed again
+
+
+def free_loopback_port(ip: str = "127.0.0.1") -> int:
+    """A port nothing listens on now and no recent spawn was given."""
+    now = time.monotonic()
+    for port, at in list(_RECENT_PORTS.items()):
+        if now - at > _PORT_QUARANTINE:
+            del _RECENT_PORTS[port]
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((ip, 0))
+            port = int(sock.getsockname()[1])
+        if port not in _RECENT_PORTS:
+            _RECENT_PORTS[port] = now
+            return port
+    raise spawn_error("No free port for the server on this machine.")
+
+
+if DockerSpawner is not None:
+
+    class BinderDockerSpawner(BinderSpawnerMixin, DockerSpawner):  # type: ignore[misc,valid-type]
+        """DockerSpawner for Binder launches.
+
+        With ``network_name = "host"`` (a machine whose Docker engine has no
+        bridge network, like binderbuild's single-machine mode) every server
+        shares the host's network and listens on ``host_network_ip`` (the
+        loopback address by default) on a free port chosen per spawn. With any
+        other network DockerSpawner's usual addressing applies.
+
+        ``start()`` returns only once the server's port accepts connections,
+        and fails with the container's exit status and last log lines when the
+        server exits first, so the hub (and the Binder client) see why a
+        server did not start instead of a timeout.
+        """
+
+        host_network_ip = Unicode(
+            "127.0.0.1",
+            config=True,
+            help="Address servers listen on with network_name='host'. Keep it on "
+            "loopback unless the machine's firewall protects the ports.",
+        )
+        wait_for_port = Bool(
+            True,
+            config=True,
+            help="Wait in start() until the server's port answers or the container exits.",
+        )
+        exit_log_lines = Integer(
+            20, config=True, help="Log lines of an exited container quoted in the failure."
+        )
+
+        @default("remove")
+        def _default_remove(self) -> bool:
+            # Binder servers are disposable: a stopped container is garbage.
+            return True
+
+        @default("prefix")
+        def _default_prefix(self) -> str:
+            return "binder"
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._binder_events: list[dict[str, Any]] = []
+            self._binder_changed = asyncio.Event()
+
+        @property
+        def _host_network(self) -> bool:
+            return self.network_name == "host"
+
+        def _progress(self, percent: int, message: str) -> None:
+            self._binder_events.append({"progress": percent, "message": message})
+            self._binder_changed.set()
+
+        async def progress(self) -> AsyncIterator[dict[str, Any]]:
+            # The hub stops iterating when the spawn finishes.
+            sent = 0
+            while True:
+                while sent < len(self._binder_events):
+                    yield self._binder_events[sent]
+                    sent += 1
+                self._binder_changed.clear()
+                await self._binder_changed.wait()
+
+        async def create_object(self) -> Any:
+            # DockerSpawner makes containers with auto_remove=remove: the
+            # engine then deletes a crashed server's container (and its
+            # output) the moment it exits, before anyone can say why. Keep
+            # it; stop() removes it (remove=True) once the hub stops the server.
+            remove, self.remove = self.remove, False
+            try:
+                return await super().create_object()
+            finally:
+                self.remove = remove
+
+        async def get_command(self) -> list[str]:
+            if self.cmd:
+                return await super().get_command()  # type: ignore[no-any-return]
+            # An image with an ENTRYPOINT and no CMD has Cmd null: the command
+            # is then the entrypoint with the server's arguments.
+            info = await self.docker("inspect_image", self.image)
+            return list(info["Config"].get("Cmd") or []) + list(self.get_args())
+
+        async def check_allowed(self, image: str) -> str:
+            # DockerSpawner's allowed_images is replaced by the prefix rule.
+            return self.check_binder_image(image)
+
+        async def pull_image(self, image: str) -> None:
+            try:
+                await super().pull_image(image)
+            except docker.errors.NotFound:
+                raise spawn_error(
+                    f"Image {image} is not on this Docker engine "
+                    f"(pull_policy is {self.pull_policy!r})."
+                ) from None
+            except docker.errors.APIError as exc:
+                raise spawn_error(
+                    f"Could not pull image {image}: {exc.explanation or exc}"
+                ) from None
+
+        async def start(self) -> Any:
+            self._binder_events = []
+            if self._host_network:
+                # No port mapping exists on the host network: the server binds
+                # a free port of the host itself.
+                self.use_internal_ip = True
+                self.ip = self.host_network_ip
+                self.port = free_loopback_port(self.host_network_ip)
+            image = self._binder_options().get("image") or self.image
+            self._progress(10, f"Starting a container from {image}")
+            ip, port = await super().start()
+            if self.wait_for_port:
+                self._progress(50, "Container started, waiting for the Jupyter server")
+                await self._wait_for_port(ip, port)
+                self._progress(90, "The Jupyter server is listening")
+            return ip, port
+
+        async def get_ip_and_port(self) -> tuple[str, int]:
+            if self._host_network:
+                return self.host_network_ip, int(self.port)
+            return await super().get_ip_and_port()  # type: ignore[no-any-return]
+
+        async def _wait_for_port(self, ip: str, port: int) -> None:
+            last_inspect = 0.0
+            while True:
+                try:
+                    _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), 2)
+                except (OSError, TimeoutError):
+                    pass
+                else:
+                    writer.close()
+                    return
+                now = time.monotonic()
+                if now - last_inspect >= 0.5:
+                    last_inspect = now
+                    await self._fail_if_exited()
+                await asyncio.sleep(0.1)
+
+        async def _fail_if_exited(self) -> None:
+            try:
+                info = await self.docker("inspect_container", self.container_id)
+            except docker.errors.NotFound:
+                raise spawn_error("The server's container disappeared while starting.") from None
+            state = info.get("State", {})
+            if state.get("Running"):
+                return
+            code = state.get("ExitCode")
+            tail = ""
+            # The engine copies a container's output to its log asynchronously:
+            # right after the exit the last lines may not be there yet.
+            for _ in range(5):
+                try:
+                    raw = await self.docker("logs", self.container_id, tail=self.exit_log_lines)
+                    tail = raw.decode("utf-8", "replace").strip()
+                except docker.errors.APIError:
+                    break
+                if tail:
+                    break
+                await asyncio.sleep(0.2)
+            message = f"The server exited with status {code} before it started"
+            if state.get("OOMKilled"):
+                message += " (out of memory)"
+            if state.get("Error"):
+                message += f": {state['Error']}"
+            if tail:
+                message += f". Last output:\n{tail}"
+            raise spawn_error(message)
+
+        async def delete_forever(self) -> None:
+            # Called when the hub deletes the user or the named server. A hub
+            # that crashed while a server was starting never recorded the
+            # container, so look it up by name: nothing may be left behind.
+            try:
+                obj = await self.get_object()
+                if obj is not None:
+                    await self.docker("remove_container", obj["Id"], force=True)
+            except docker.errors.APIError as exc:
+                self.log.warning("could not remove container %s: %s", self.object_name, exc)
+            parent = super().delete_forever()
+            if inspect.isawaitable(parent):
+                await parent

@@ -1,0 +1,229 @@
+#!/usr/bin/env bash
+# Run a complete Binder on this machine, in the foreground:
+#
+#   bash scripts/run.sh [--port N] [--local-store] [--no-setup] [--no-demo]
+#
+# 1. scripts/setup.sh (idempotent): Docker engine, venv, base images,
+#    configurable-http-proxy.
+# 2. The image registry on 127.0.0.1:5000 (scripts/services.sh start), or with
+#    --local-store none: the Docker engine's own image store is the cache.
+# 3. A JupyterHub with its proxy, configured by binderbuild.hubconfig:
+#    binderbuild's BinderDockerSpawner on the local engine (servers on
+#    loopback, host network), binderbuild's service token, the idle culler.
+# 4. binderbuild on 127.0.0.1:PORT (default 8585), launching on that hub.
+# 5. A demo repository on a loopback git server, and the URL to open.
+#
+# This script supervises what it starts: when one of them exits, or on
+# Ctrl-C / SIGTERM, it stops all of them (the hub stops its servers). State
+# lives under var/singlemachine (hub database, service token, configs); logs
+# under var/log. A deployment with its own hub runs binderbuild alone with
+# c.BinderBuild.hub_url / hub_api_token instead (docs/operators.md).
+#
+# Environment knobs: BINDERBUILD_PORT (8585), BINDERBUILD_HUB_PORT (8000,
+# where browsers reach the servers), BINDERBUILD_HUB_API_PORT (8081),
+# BINDERBUILD_PROXY_API_PORT (8001), BINDERBUILD_DEMO_GIT_PORT (9419),
+# BINDERBUILD_REGISTRY_PORT (5000), BINDERBUILD_CULL_TIMEOUT (600 s idle).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VAR="$ROOT/var"
+STATE="$VAR/singlemachine"
+LOG="$VAR/log"
+PY="$ROOT/.venv/bin/python"
+
+PORT="${BINDERBUILD_PORT:-8585}"
+HUB_PORT="${BINDERBUILD_HUB_PORT:-8000}"
+HUB_API_PORT="${BINDERBUILD_HUB_API_PORT:-8081}"
+PROXY_API_PORT="${BINDERBUILD_PROXY_API_PORT:-8001}"
+GIT_PORT="${BINDERBUILD_DEMO_GIT_PORT:-9419}"
+REGISTRY_PORT="${BINDERBUILD_REGISTRY_PORT:-5000}"
+CULL_TIMEOUT="${BINDERBUILD_CULL_TIMEOUT:-600}"
+USE_REGISTRY=1
+SETUP=1
+DEMO=1
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --port) PORT="$2"; shift 2 ;;
+        --port=*) PORT="${1#*=}"; shift ;;
+        --local-store) USE_REGISTRY=0; shift ;;
+        --no-setup) SETUP=0; shift ;;
+        --no-demo) DEMO=0; shift ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        *) echo "run.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
+    esac
+done
+
+say() { printf 'run: %s\n' "$*"; }
+die() { printf 'run: ERROR: %s\n' "$*" >&2; exit 1; }
+
+port_busy() {
+    "$PY" - "$1" <<'EOF' 2>/dev/null
+import socket, sys
+s = socket.socket()
+# Like the servers themselves: connections in TIME_WAIT do not make a port busy.
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError:
+    sys.exit(0)
+sys.exit(1)
+EOF
+}
+
+wait_http() {  # url seconds pid what logfile
+    local url="$1" seconds="$2" pid="$3" what="$4" logfile="$5"
+    for _ in $(seq $((seconds * 5))); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "---- last lines of $logfile ----" >&2; tail -n 30 "$logfile" >&2 || true
+            die "$what exited while starting"
+        fi
+        curl -fs -o /dev/null --max-time 2 "$url" && return 0
+        sleep 0.2
+    done
+    echo "---- last lines of $logfile ----" >&2; tail -n 30 "$logfile" >&2 || true
+    die "$what did not answer on $url within ${seconds}s"
+}
+
+# ------------------------------------------------------------ setup
+if [ "$SETUP" = 1 ]; then
+    bash "$ROOT/scripts/setup.sh"
+fi
+[ -x "$PY" ] || die "no venv at $ROOT/.venv: run scripts/setup.sh"
+CHP="$VAR/node/node_modules/.bin/configurable-http-proxy"
+[ -x "$CHP" ] || die "configurable-http-proxy missing ($CHP): run scripts/setup.sh"
+mkdir -p "$STATE/hub" "$LOG"
+
+for p in "$PORT" "$HUB_PORT" "$HUB_API_PORT" "$PROXY_API_PORT"; do
+    port_busy "$p" && die "port $p on 127.0.0.1 is in use (another run.sh? set BINDERBUILD_*PORT)"
+done
+
+# ------------------------------------------------------------ supervision
+PIDS=()
+STARTED_REGISTRY=0
+stopping=0
+stop_all() {
+    [ "$stopping" = 1 ] && return
+    stopping=1
+    say "stopping..."
+    # Reverse order: binderbuild, then the hub. The hub needs its time: it
+    # stops its services (the culler), every server, then its proxy.
+    for (( i=${#PIDS[@]}-1; i>=0; i-- )); do
+        pid="${PIDS[$i]}"
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 600); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+        if kill -0 "$pid" 2>/dev/null; then
+            say "process $pid did not stop within 120 s; killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    done
+    if [ "$STARTED_REGISTRY" = 1 ]; then
+        bash "$ROOT/scripts/services.sh" stop || true
+    fi
+    say "stopped"
+}
+trap 'stop_all; exit 130' INT
+trap 'stop_all; exit 143' TERM
+trap 'stop_all' EXIT
+
+# ------------------------------------------------------------ images: registry or local store
+if [ "$USE_REGISTRY" = 1 ]; then
+    if ! curl -s -o /dev/null --max-time 3 "http://127.0.0.1:$REGISTRY_PORT/v2/"; then
+        BINDERBUILD_REGISTRY_PORT="$REGISTRY_PORT" bash "$ROOT/scripts/services.sh" start
+        STARTED_REGISTRY=1
+    else
+        say "registry already answering on 127.0.0.1:$REGISTRY_PORT"
+    fi
+    IMAGE_PREFIX="127.0.0.1:$REGISTRY_PORT/binder-"
+    PULL_POLICY="ifnotpresent"
+else
+    IMAGE_PREFIX="binder-"
+    PULL_POLICY="never"
+fi
+
+# ------------------------------------------------------------ the hub
+TOKEN_FILE="$STATE/binder-service-token"
+"$PY" -m binderbuild.hubconfig \
+    --out "$STATE/hub/jupyterhub_config.py" \
+    --data-dir "$STATE/hub" \
+    --token-file "$TOKEN_FILE" \
+    --image-prefix "$IMAGE_PREFIX" \
+    --proxy-command "$CHP" \
+    --port "$HUB_PORT" --hub-port "$HUB_API_PORT" --proxy-api-port "$PROXY_API_PORT" \
+    --pull-policy "$PULL_POLICY" \
+    --container-prefix "binder" \
+    --cull-timeout "$CULL_TIMEOUT"
+say "starting JupyterHub on http://127.0.0.1:$HUB_PORT/ (log: $LOG/jupyterhub.log)"
+(
+    cd "$STATE/hub"
+    # The hub runs the proxy and the culler with this PATH.
+    PATH="$ROOT/.venv/bin:$PATH" exec "$ROOT/.venv/bin/jupyterhub" -f "$STATE/hub/jupyterhub_config.py"
+) >>"$LOG/jupyterhub.log" 2>&1 </dev/null &
+PIDS+=("$!")
+wait_http "http://127.0.0.1:$HUB_PORT/hub/api/" 90 "${PIDS[-1]}" JupyterHub "$LOG/jupyterhub.log"
+
+# ------------------------------------------------------------ the demo repository
+DEMO_URL=""
+if [ "$DEMO" = 1 ]; then
+    GIT_ROOT="$STATE/git"
+    if [ ! -d "$GIT_ROOT/demo.git" ]; then
+        say "creating the demo repository"
+        "$PY" - "$GIT_ROOT" <<'EOF'
+import sys
+from pathlib import Path
+
+from binderbuild.hubconfig.demo import make_demo_repo
+
+make_demo_repo(Path(sys.argv[1]))
+EOF
+    fi
+    if port_busy "$GIT_PORT"; then
+        say "port $GIT_PORT is busy: no demo git server (set BINDERBUILD_DEMO_GIT_PORT)"
+    else
+        git daemon --reuseaddr --export-all --base-path="$GIT_ROOT" \
+            --listen=127.0.0.1 --port="$GIT_PORT" "$GIT_ROOT" \
+            >>"$LOG/demo-git.log" 2>&1 </dev/null &
+        PIDS+=("$!")
+        DEMO_URL="git://127.0.0.1:$GIT_PORT/demo.git"
+    fi
+fi
+
+# ------------------------------------------------------------ binderbuild
+cat >"$STATE/binderbuild_config.py" <<EOF
+# Written by scripts/run.sh; see docs/operators.md.
+c.BinderBuild.ip = "127.0.0.1"
+c.BinderBuild.port = $PORT
+c.BinderBuild.hub_url = "http://127.0.0.1:$HUB_PORT/"
+c.BinderBuild.hub_url_local = "http://127.0.0.1:$HUB_API_PORT/"
+c.BinderBuild.image_prefix = "$IMAGE_PREFIX"
+c.BinderBuild.use_registry = $([ "$USE_REGISTRY" = 1 ] && echo True || echo False)
+c.DockerRegistry.url = "http://127.0.0.1:$REGISTRY_PORT"
+# The demo repository is served from loopback.
+c.BinderBuild.allowed_internal_networks = ["127.0.0.0/8"]
+EOF
+say "starting binderbuild on http://127.0.0.1:$PORT/"
+JUPYTERHUB_API_TOKEN="$(cat "$TOKEN_FILE")" "$PY" -m binderbuild \
+    --config="$STATE/binderbuild_config.py" --port="$PORT" </dev/null &
+PIDS+=("$!")
+wait_http "http://127.0.0.1:$PORT/versions" 60 "${PIDS[-1]}" binderbuild /dev/null
+
+echo
+say "a complete Binder is running:"
+say "  binderbuild  http://127.0.0.1:$PORT/"
+say "  JupyterHub   http://127.0.0.1:$HUB_PORT/ (servers are reached here)"
+if [ -n "$DEMO_URL" ]; then
+    enc="$("$PY" -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$DEMO_URL")"
+    say "open the demo: http://127.0.0.1:$PORT/v2/git/$enc/HEAD"
+    say "  (its event stream: curl -N -H 'Accept: text/event-stream' http://127.0.0.1:$PORT/build/git/$enc/HEAD)"
+fi
+say "any repository: http://127.0.0.1:$PORT/v2/git/<url-encoded clone URL>/<ref>"
+say "Ctrl-C stops everything."
+
+# Supervise: the first child to exit brings the rest down.
+set +e
+wait -n "${PIDS[@]}"
+code=$?
+if [ "$stopping" = 0 ]; then
+    say "a component exited (status $code); see $LOG/jupyterhub.log and the output above"
+fi
+exit "$code"
