@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         git.start()
         hub: HubService | None = None
         service: BinderBuildService | None = None
+        image = ""
         try:
             try:
                 hub = HubService(work / "hub", [IMAGE_PREFIX]).start()
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             if warm.final["phase"] != "ready":
                 print(f"warm-up failed: {warm.final}", file=sys.stderr)
                 return 1
+            image = warm.final["image"]
             hub.delete_user(user_of(warm.final["url"], hub))
 
             first_launching: list[float] = []
@@ -128,7 +130,10 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     import docker
 
-                    hub.remove_containers(docker.from_env())
+                    client = docker.from_env()
+                    hub.remove_containers(client)
+                    if image:
+                        client.images.remove(image, force=True)
                 except Exception:
                     pass
             git.stop()

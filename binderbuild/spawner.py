@@ -163,8 +163,16 @@ class BinderSpawnerMixin(Configurable):
         self._binder_token = token if isinstance(token, str) else ""
         self.user_options = options
         orm_spawner = getattr(self, "orm_spawner", None)
-        db = getattr(self, "db", None)
-        if orm_spawner is None or db is None:
+        if orm_spawner is None:
+            return
+        try:
+            # The session the hub loaded it with (Spawner.db is deprecated).
+            from sqlalchemy import inspect as orm_inspect
+
+            db = orm_inspect(orm_spawner).session
+        except Exception:
+            db = None
+        if db is None:
             return
         try:
             orm_spawner.user_options = dict(options)

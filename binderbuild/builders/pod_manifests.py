@@ -327,7 +327,6 @@ def build_pod_manifest(
             "capabilities": {"drop": ["ALL"]},
             "runAsNonRoot": True,
         },
-        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     resources = build_resources(config)
     if resources:

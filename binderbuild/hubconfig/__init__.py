@@ -170,6 +170,7 @@ def render(cfg: HubConfig) -> str:
             "",
             "# Anonymous Binder: nobody logs in; binderbuild creates temporary users.",
             f"c.JupyterHub.authenticator_class = {authenticator!r}",
+            "c.Authenticator.any_allow_config = True  # no logins, no allow list needed",
         ]
     if cfg.extra:
         lines += ["", "# --- extra ---", cfg.extra]

@@ -87,6 +87,13 @@ def test_quota_watch_gets_read_only_access_to_the_hub_namespace(render):
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
     settings = json.loads(objs.one("Secret")["stringData"]["chart_settings.json"])
     assert settings["PodCountCache"] == {"namespace": "jhub", "label_selector": "component=singleuser-server"}
+    # The launcher's quota counts from the pod watch instead of the hub's API.
+    assert settings["HubLauncher"] == {"server_counter_class": "binderbuild.k8s_quota.PodCountCache"}
+    from traitlets.utils.importstring import import_item
+
+    from binderbuild.k8s_quota import PodCountCache
+
+    assert import_item(settings["HubLauncher"]["server_counter_class"]) is PodCountCache
     # Same namespace: the main Role already covers list/watch pods.
     same = render({"quota": {"kubernetes": {"enabled": True}}})
     assert [r["metadata"]["name"] for r in same.of("Role")] == [FULLNAME]
@@ -155,7 +162,7 @@ def test_binderbuild_reads_the_chart_config_as_its_config_file(render, tmp_path)
     from binderbuild.app import BinderBuild
 
     objs = render({"config": {"BinderBuild": {"use_registry": True, "base_url": "/binder/"}},
-                   "hub": {"url": "https://hub.example.org/"}})
+                   "hub": {"url": "https://hub.example.org/", "localUrl": "http://hub:8081"}})
     path = write_config(objs, tmp_path)
     args = objs.one("Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args == ["--config=/etc/binderbuild/binderbuild_config.json"]
@@ -166,6 +173,7 @@ def test_binderbuild_reads_the_chart_config_as_its_config_file(render, tmp_path)
         assert app.base_url == "/binder/"
         assert app.build_class == "kubernetes"
         assert app.hub_url == "https://hub.example.org/"
+        assert app.hub_url_local == "http://hub:8081"
         assert app.ip == "0.0.0.0"
     finally:
         BinderBuild.clear_instance()

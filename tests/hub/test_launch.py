@@ -72,9 +72,20 @@ def binderbuild(
 
 
 @pytest.fixture(scope="module")
-def launched(binderbuild: BinderBuildService, repo: Repo) -> SSEResult:
+def launched(
+    binderbuild: BinderBuildService, repo: Repo, hub: HubService, docker_client: Any
+) -> Iterator[SSEResult]:
     """The module's one build + launch; its server keeps running for the module."""
-    return read_events(f"{binderbuild.url}/build/git/{repo.spec}", timeout=600)
+    result = read_events(f"{binderbuild.url}/build/git/{repo.spec}", timeout=600)
+    yield result
+    final = result.events[-1] if result.events else {}
+    if final.get("phase") == "ready":
+        hub.delete_user(final["url"][len(hub.url) + len("user/") :].split("/")[0])
+    if final.get("image") or final.get("imageName"):
+        try:
+            docker_client.images.remove(final.get("image") or final["imageName"], force=True)
+        except Exception:
+            pass
 
 
 def test_build_and_launch_ends_ready(

@@ -212,3 +212,28 @@ def test_namespace_comes_from_the_environment_or_the_service_account(tmp_path):
     assert k8s_api.current_namespace(environ={}, namespace_file=ns_file) == "default"
     ns_file.write_text("from-sa\n")
     assert k8s_api.current_namespace(environ={}, namespace_file=ns_file) == "from-sa"
+
+
+def test_constructed_by_the_launcher_with_its_config(api):
+    """HubLauncher makes its counter as klass(parent=self, log=...): the
+    PodCountCache section of the config (which the chart writes) applies."""
+    from traitlets.config import Config, LoggingConfigurable
+
+    config = Config()
+    config.PodCountCache.namespace = "jhub"
+    config.PodCountCache.label_selector = "component=singleuser-server,app=jupyterhub"
+    launcher = LoggingConfigurable(config=config)
+
+    async def body():
+        api.add_pod(user_pod("jupyter-1", repo=REPO_A), namespace="jhub")
+        api.add_pod(user_pod("jupyter-2", repo=REPO_A), namespace="other")
+        cache = PodCountCache(parent=launcher, log=launcher.log, k8s_api=api)
+        assert cache.namespace == "jhub"
+        await cache.start()
+        assert cache.count() == 1
+        (listing,) = [c for c in api.calls_to("list_namespaced_pod") if not c.kwargs.get("watch")]
+        assert listing.args == ("jhub",)
+        assert listing.kwargs["label_selector"] == "component=singleuser-server,app=jupyterhub"
+        await cache.close()
+
+    run(body())

@@ -75,6 +75,7 @@ value), so `config` overrides any of them.
 {{- define "binderbuild.chartSettings" -}}
 {{- $bb := dict "build_class" "kubernetes" "ip" "0.0.0.0" "port" 8585 -}}
 {{- with .Values.hub.url }}{{ $_ := set $bb "hub_url" . }}{{ end -}}
+{{- with .Values.hub.localUrl }}{{ $_ := set $bb "hub_url_local" . }}{{ end -}}
 {{- if .Values.registry.url }}{{ $_ := set $bb "use_registry" true }}{{ end -}}
 {{- with .Values.build.memoryLimit }}{{ $_ := set $bb "build_memory_limit" (toString .) }}{{ end -}}
 {{- $kb := dict
@@ -105,6 +106,7 @@ value), so `config` overrides any of them.
 {{- $_ := set $settings "DockerRegistry" (dict "url" .Values.registry.url) -}}
 {{- end -}}
 {{- if .Values.quota.kubernetes.enabled -}}
+{{- $_ := set $settings "HubLauncher" (dict "server_counter_class" "binderbuild.k8s_quota.PodCountCache") -}}
 {{- $_ := set $settings "PodCountCache" (dict "namespace" (include "binderbuild.hubNamespace" .) "label_selector" .Values.quota.kubernetes.labelSelector) -}}
 {{- end -}}
 {{- toPrettyJson $settings -}}
