@@ -569,6 +569,15 @@ class BinderBuild(PageOptions, Application):
         return ctx
 
     def _docker_client(self) -> Any:
+        if self.build_class != "docker":
+            # Builds run elsewhere (build pods); the registry is the only image
+            # store, so this process needs no Docker engine at all.
+            if not self.use_registry:
+                raise ConfigError(
+                    f"build_class {self.build_class!r} builds away from this machine: "
+                    "set BinderBuild.use_registry = True and DockerRegistry.url."
+                )
+            return None
         import docker
 
         try:
@@ -576,8 +585,6 @@ class BinderBuild(PageOptions, Application):
                 return docker.DockerClient(base_url=self.build_docker_host)
             return docker.from_env()
         except docker.errors.DockerException as exc:
-            if self.use_registry and self.build_class != "docker":
-                return None
             raise ConfigError(
                 f"Cannot reach the Docker engine ({exc}). Start it (scripts/setup.sh) "
                 "or set BinderBuild.build_docker_host."
@@ -644,6 +651,11 @@ class BinderBuild(PageOptions, Application):
 
 
 async def shutdown(ctx: Context) -> None:
+    # A backend whose builds outlive this process (build pods) must stop
+    # owning them first, so closing the manager does not cancel them and a
+    # restarted replica can re-attach.
+    if (begin := getattr(ctx.builder, "begin_shutdown", None)) is not None:
+        await begin() if asyncio.iscoroutinefunction(begin) else begin()
     await ctx.builds.close()
     await operations.close(ctx)
     if (history := ctx.services.get("history")) is not None:

@@ -308,7 +308,9 @@ async def _lines(resp: Any, max_line: int) -> AsyncIterator[str]:
         except BuildBackendError:
             raise
         except Exception as exc:
-            raise BuildBackendError(f"Kubernetes API stream broke: {type(exc).__name__}: {exc}") from None
+            raise BuildBackendError(
+                f"Kubernetes API stream broke: {type(exc).__name__}: {exc}"
+            ) from None
         if not chunk:
             break
         buffer += chunk

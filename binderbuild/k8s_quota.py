@@ -56,7 +56,7 @@ def pod_repo_url(pod: Mapping[str, Any], annotation: str) -> str:
 
 
 def pod_server_name(pod: Mapping[str, Any]) -> str:
-    """"user/server" of a KubeSpawner pod (its unescaped annotations), or ''."""
+    """ "user/server" of a KubeSpawner pod (its unescaped annotations), or ''."""
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
     user = annotations.get("hub.jupyter.org/username")
     if not user:
@@ -93,7 +93,9 @@ class PodCountCache(LoggingConfigurable):
         help="Path of a kubeconfig file. Empty: the in-cluster service account, else "
         "$KUBECONFIG or ~/.kube/config.",
     )
-    request_timeout = Float(30.0, config=True, help="Seconds before a Kubernetes API request fails.")
+    request_timeout = Float(
+        30.0, config=True, help="Seconds before a Kubernetes API request fails."
+    )
     watch_timeout = Integer(300, config=True, help="Server-side timeout of one pod watch request.")
     startup_timeout = Float(30.0, config=True, help="Seconds to wait for the first listing.")
 

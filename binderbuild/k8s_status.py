@@ -157,7 +157,9 @@ def pending_problem(pod: Pod, container: str | None = None) -> str | None:
     message = (waiting.get("message") or "").strip()
     if reason in IMAGE_PULL_REASONS:
         image = _container_image(pod, container)
-        text = f"Cannot pull the builder image {image}" if image else "Cannot pull the builder image"
+        text = (
+            f"Cannot pull the builder image {image}" if image else "Cannot pull the builder image"
+        )
         return text + f" ({reason})" + (f": {message}" if message else ".")
     return f"The build pod cannot start ({reason})" + (f": {message}" if message else ".")
 

@@ -110,9 +110,7 @@ class PodWatcher:
                 f"{self.namespace} within {timeout:g} s{why}"
             ) from None
 
-    async def wait_for(
-        self, predicate: Callable[[], bool], timeout: float | None = None
-    ) -> bool:
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float | None = None) -> bool:
         """Wait until ``predicate()`` (re-checked at every change) is true;
         False on timeout."""
         loop = asyncio.get_running_loop()

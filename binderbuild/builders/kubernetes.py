@@ -115,7 +115,9 @@ class KubernetesBuilder(Builder):
         Unicode(), config=True, help="Names of Secrets used to pull the builder image."
     )
     build_python = Unicode(
-        "python", config=True, help="Python interpreter inside the builder image that has repo2docker."
+        "python",
+        config=True,
+        help="Python interpreter inside the builder image that has repo2docker.",
     )
 
     # --- the build daemon ------------------------------------------------------------
@@ -157,7 +159,9 @@ class KubernetesBuilder(Builder):
         "builder daemon; the request reserves room for it on the node.",
     )
     build_scratch_size_limit = Unicode(
-        "", config=True, help="sizeLimit of the build pod's /tmp emptyDir (the repository checkout)."
+        "",
+        config=True,
+        help="sizeLimit of the build pod's /tmp emptyDir (the repository checkout).",
     )
     build_priority_class_name = Unicode("", config=True, help="priorityClassName of build pods.")
     build_active_deadline_seconds = Integer(
@@ -241,7 +245,9 @@ class KubernetesBuilder(Builder):
         config=True,
         help="Seconds to wait, after a build log ends, for the pod status to say how it ended.",
     )
-    request_timeout = Float(30.0, config=True, help="Seconds before a Kubernetes API request fails.")
+    request_timeout = Float(
+        30.0, config=True, help="Seconds before a Kubernetes API request fails."
+    )
     watch_timeout = Integer(300, config=True, help="Server-side timeout of one pod watch request.")
     startup_timeout = Float(
         30.0, config=True, help="Seconds to wait for the first listing of build pods."
@@ -375,7 +381,9 @@ class KubernetesBuilder(Builder):
                 self._watcher.start()
             await self._watcher.wait_ready(self.startup_timeout)
             if self._cleanup_task is None:
-                self._cleanup_task = asyncio.create_task(self._cleanup_loop(), name="build pod cleanup")
+                self._cleanup_task = asyncio.create_task(
+                    self._cleanup_loop(), name="build pod cleanup"
+                )
             self._started = True
 
     def begin_shutdown(self) -> None:
@@ -483,11 +491,17 @@ class KubernetesBuilder(Builder):
             existing = await api.read_pod(self.namespace, name)
             if existing is None:
                 continue  # deleted between our create and read: create again
-            image = (existing.get("metadata", {}).get("annotations") or {}).get(pm.ANNOTATION_IMAGE)
-            if image and image != job.image.name:
+            meta = existing.get("metadata") or {}
+            image = (meta.get("annotations") or {}).get(pm.ANNOTATION_IMAGE)
+            labels = meta.get("labels") or {}
+            ours = pm.build_labels(self.instance_name).items() <= labels.items()
+            if not ours or (image and image != job.image.name):
+                # Not a pod our watch sees, or one building something else:
+                # following it could never end well.
                 raise BuildBackendError(
-                    f"Pod {name} builds {image}, not {job.image.name}: do two deployments "
-                    "share this namespace and KubernetesBuilder.instance_name?"
+                    f"Pod {name} exists but is not this deployment's build of "
+                    f"{job.image.name} (it builds {image or 'something unknown'}): do two "
+                    "deployments share this namespace and KubernetesBuilder.instance_name?"
                 )
             if phase(existing) == "Succeeded" and not is_terminating(existing):
                 # Another replica's build of this image has just succeeded (and

@@ -94,7 +94,7 @@ PROLOGUE = (
     'printf "%s" "$BINDERBUILD_R2D_CONFIG" > ' + R2D_CONFIG_PATH + " || exit 1\n"
     "i=0\n"
     'while [ ! -S "$BINDERBUILD_DOCKER_SOCKET" ] && [ "$i" -lt 30 ]; do\n'
-    '  sleep 1; i=$((i + 1))\n'
+    "  sleep 1; i=$((i + 1))\n"
     "done\n"
     'exec "$@"\n'
 )

@@ -49,14 +49,18 @@ class Rendered(list):
         for obj in self.of(kind):
             if obj["metadata"]["name"] == name:
                 return obj
-        raise AssertionError(f"no {kind} {name}; have {[(o['kind'], o['metadata']['name']) for o in self]}")
+        raise AssertionError(
+            f"no {kind} {name}; have {[(o['kind'], o['metadata']['name']) for o in self]}"
+        )
 
     def one(self, kind: str) -> dict[str, Any]:
         (obj,) = self.of(kind)
         return obj
 
 
-def run_helm(helm: str, *args: str, values: dict[str, Any] | None = None, tmp: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_helm(
+    helm: str, *args: str, values: dict[str, Any] | None = None, tmp: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     argv = [helm, *args]
     if values is not None:
         assert tmp is not None
@@ -72,8 +76,15 @@ def render(helm: str, tmp_path: Path) -> Callable[..., Rendered]:
 
     def render(values: dict[str, Any] | None = None, *extra: str) -> Rendered:
         result = run_helm(
-            helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *extra,
-            values=values or {}, tmp=tmp_path,
+            helm,
+            "template",
+            RELEASE,
+            str(CHART),
+            "--namespace",
+            NAMESPACE,
+            *extra,
+            values=values or {},
+            tmp=tmp_path,
         )
         assert result.returncode == 0, result.stderr
         return Rendered(doc for doc in yaml.safe_load_all(result.stdout) if doc)

@@ -14,6 +14,7 @@ from traitlets.config import Application
 from binderbuild.builders import pod_manifests as pm
 from binderbuild.builders.kubernetes import KubernetesBuilder
 from tests.helm.conftest import CHART, NAMESPACE, RELEASE, run_helm
+from tests.kubernetes import k8s_schema
 from tests.kubernetes.conftest import make_job
 from tests.kubernetes.fake_k8s import FakeCoreV1Api
 
@@ -21,14 +22,34 @@ FULLNAME = f"{RELEASE}-binderbuild"
 
 
 def test_lint(helm):
-    result = subprocess.run([helm, "lint", "--strict", str(CHART)], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [helm, "lint", "--strict", str(CHART)], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     with_everything = subprocess.run(
-        [helm, "lint", "--strict", str(CHART), "--set", "ingress.enabled=true",
-         "--set", "ingress.hosts[0].host=binder.example.org", "--set", "quota.kubernetes.enabled=true",
-         "--set", "hub.namespace=jhub", "--set", "registry.url=https://reg.example.org",
-         "--set", "registry.username=u", "--set", "registry.password=p"],
-        capture_output=True, text=True, check=False,
+        [
+            helm,
+            "lint",
+            "--strict",
+            str(CHART),
+            "--set",
+            "ingress.enabled=true",
+            "--set",
+            "ingress.hosts[0].host=binder.example.org",
+            "--set",
+            "quota.kubernetes.enabled=true",
+            "--set",
+            "hub.namespace=jhub",
+            "--set",
+            "registry.url=https://reg.example.org",
+            "--set",
+            "registry.username=u",
+            "--set",
+            "registry.password=p",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert with_everything.returncode == 0, with_everything.stdout + with_everything.stderr
 
@@ -56,20 +77,64 @@ def test_default_objects(render):
     assert not objs.of("ClusterRole") and not objs.of("ClusterRoleBinding")
 
 
+def test_every_field_is_a_real_api_field(render):
+    """Every rendered object, with every optional part switched on, survives a
+    round trip through its kubernetes_asyncio model: no misspelt field."""
+    objs = render(
+        {
+            "ingress": {
+                "enabled": True,
+                "className": "nginx",
+                "hosts": [{"host": "b.example.org"}],
+                "tls": [{"secretName": "t", "hosts": ["b.example.org"]}],
+            },
+            "quota": {"kubernetes": {"enabled": True}},
+            "hub": {"namespace": "jhub", "apiToken": "tok", "url": "https://hub.example.org/"},
+            "registry": {"url": "https://reg.example.org", "username": "u", "password": "p"},
+            "build": {
+                "nodeSelector": {"pool": "b"},
+                "tolerations": [{"key": "k", "operator": "Exists"}],
+            },
+            "builderDaemon": {"resources": {"limits": {"memory": "8Gi"}}},
+            "imagePullSecrets": ["pull"],
+            "serviceAccount": {"annotations": {"a": "b"}},
+            "podAnnotations": {"x": "y"},
+            "extraEnv": [{"name": "X", "value": "1"}],
+            "tolerations": [{"key": "k", "operator": "Exists"}],
+            "nodeSelector": {"pool": "svc"},
+        }
+    )
+    assert len(objs) == 16
+    for obj in objs:
+        assert k8s_schema.problems(obj) == [], (obj["kind"], obj["metadata"]["name"])
+
+
 def test_rbac_is_pods_only_in_its_namespace(render):
     objs = render()
     role = objs.one("Role")
     assert role["rules"] == [
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "get", "list", "watch", "delete"]},
+        {
+            "apiGroups": [""],
+            "resources": ["pods"],
+            "verbs": ["create", "get", "list", "watch", "delete"],
+        },
         {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     ]
     binding = objs.one("RoleBinding")
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": FULLNAME}
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": FULLNAME,
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}
+    ]
     # The build pods' account is bound to nothing and mounts no token.
     build_sa = objs.get("ServiceAccount", f"{FULLNAME}-build")
     assert build_sa["automountServiceAccountToken"] is False
-    assert all(s["name"] != f"{FULLNAME}-build" for b in objs.of("RoleBinding") for s in b["subjects"])
+    assert all(
+        s["name"] != f"{FULLNAME}-build" for b in objs.of("RoleBinding") for s in b["subjects"]
+    )
 
 
 def test_rbac_can_be_left_to_the_operator(render):
@@ -81,14 +146,23 @@ def test_quota_watch_gets_read_only_access_to_the_hub_namespace(render):
     objs = render({"quota": {"kubernetes": {"enabled": True}}, "hub": {"namespace": "jhub"}})
     role = objs.get("Role", f"{FULLNAME}-quota")
     assert role["metadata"]["namespace"] == "jhub"
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}
+    ]
     binding = objs.get("RoleBinding", f"{FULLNAME}-quota")
     assert binding["metadata"]["namespace"] == "jhub"
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}
+    ]
     settings = json.loads(objs.one("Secret")["stringData"]["chart_settings.json"])
-    assert settings["PodCountCache"] == {"namespace": "jhub", "label_selector": "component=singleuser-server"}
+    assert settings["PodCountCache"] == {
+        "namespace": "jhub",
+        "label_selector": "component=singleuser-server",
+    }
     # The launcher's quota counts from the pod watch instead of the hub's API.
-    assert settings["HubLauncher"] == {"server_counter_class": "binderbuild.k8s_quota.PodCountCache"}
+    assert settings["HubLauncher"] == {
+        "server_counter_class": "binderbuild.k8s_quota.PodCountCache"
+    }
     from traitlets.utils.importstring import import_item
 
     from binderbuild.k8s_quota import PodCountCache
@@ -161,8 +235,12 @@ def test_extra_config_runs_before_config(render, tmp_path):
 def test_binderbuild_reads_the_chart_config_as_its_config_file(render, tmp_path):
     from binderbuild.app import BinderBuild
 
-    objs = render({"config": {"BinderBuild": {"use_registry": True, "base_url": "/binder/"}},
-                   "hub": {"url": "https://hub.example.org/", "localUrl": "http://hub:8081"}})
+    objs = render(
+        {
+            "config": {"BinderBuild": {"use_registry": True, "base_url": "/binder/"}},
+            "hub": {"url": "https://hub.example.org/", "localUrl": "http://hub:8081"},
+        }
+    )
     path = write_config(objs, tmp_path)
     args = objs.one("Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args == ["--config=/etc/binderbuild/binderbuild_config.json"]
@@ -184,9 +262,16 @@ def test_chart_and_builder_agree(render, tmp_path):
     DaemonSet serves, its NetworkPolicy confines and its objects exist for."""
     objs = render(
         {
-            "registry": {"url": "https://reg.example.org", "username": "u", "password": "secret-pw"},
-            "build": {"nodeSelector": {"pool": "build"}, "tolerations": [{"key": "build", "operator": "Exists"}],
-                      "memoryLimit": "2G"},
+            "registry": {
+                "url": "https://reg.example.org",
+                "username": "u",
+                "password": "secret-pw",
+            },
+            "build": {
+                "nodeSelector": {"pool": "build"},
+                "tolerations": [{"key": "build", "operator": "Exists"}],
+                "memoryLimit": "2G",
+            },
             "builderDaemon": {"hostSocketDir": "/var/run/bb-dind", "socketGid": 4242},
         }
     )
@@ -200,7 +285,11 @@ def test_chart_and_builder_agree(render, tmp_path):
     dind = dspec["containers"][0]
     socket_volume = next(v for v in dspec["volumes"] if v["name"] == "socket-dir")
     pod_socket_volume = next(v for v in spec["volumes"] if v["name"] == "docker-socket")
-    assert pod_socket_volume["hostPath"]["path"] == socket_volume["hostPath"]["path"] == "/var/run/bb-dind"
+    assert (
+        pod_socket_volume["hostPath"]["path"]
+        == socket_volume["hostPath"]["path"]
+        == "/var/run/bb-dind"
+    )
     assert "--host=unix:///var/run/bb-dind/docker.sock" in dind["args"]
     assert f"--group={spec['securityContext']['supplementalGroups'][0]}" in dind["args"]
     assert spec["securityContext"]["supplementalGroups"] == [4242]
@@ -215,12 +304,17 @@ def test_chart_and_builder_agree(render, tmp_path):
     netpol = objs.get("NetworkPolicy", f"{FULLNAME}-build")
     assert netpol["spec"]["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
     # The chart's service account and push Secret are what the pod names.
-    assert spec["serviceAccountName"] in {sa["metadata"]["name"] for sa in objs.of("ServiceAccount")}
+    assert spec["serviceAccountName"] in {
+        sa["metadata"]["name"] for sa in objs.of("ServiceAccount")
+    }
     env = {e["name"]: e for e in spec["containers"][0]["env"]}
     ref = env["CONTAINER_ENGINE_REGISTRY_CREDENTIALS"]["valueFrom"]["secretKeyRef"]
     push = objs.get("Secret", ref["name"])
     assert json.loads(push["stringData"][ref["key"]]) == {
-        "registry": "https://reg.example.org", "username": "u", "password": "secret-pw"}
+        "registry": "https://reg.example.org",
+        "username": "u",
+        "password": "secret-pw",
+    }
     assert "secret-pw" not in json.dumps(pod)
     # The app passes build_memory_limit to the builder as bytes.
     assert config.BinderBuild.build_memory_limit == "2G"
@@ -238,8 +332,17 @@ def test_existing_push_secret_is_used_instead_of_creating_one(render, tmp_path):
 # --- network policies -----------------------------------------------------------
 
 METADATA = "169.254.169.254"
-PRIVATE_DESTINATIONS = [METADATA, "10.4.0.17", "172.20.3.4", "192.168.1.10", "100.64.0.10", "127.0.0.1",
-                        "fd00:ec2::254", "fe80::1", "::1"]
+PRIVATE_DESTINATIONS = [
+    METADATA,
+    "10.4.0.17",
+    "172.20.3.4",
+    "192.168.1.10",
+    "100.64.0.10",
+    "127.0.0.1",
+    "fd00:ec2::254",
+    "fe80::1",
+    "::1",
+]
 PUBLIC_DESTINATIONS = ["140.82.112.3", "151.101.0.223", "2606:4700::6810:84e5"]
 
 
@@ -258,8 +361,14 @@ def allowed(rules: list[dict], address: str, port: int) -> bool:
             if block is None:
                 continue
             net = ipaddress.ip_network(block["cidr"])
-            if ip.version == net.version and ip in net and not any(
-                ip in ipaddress.ip_network(e) for e in block.get("except", []) if ipaddress.ip_network(e).version == ip.version
+            if (
+                ip.version == net.version
+                and ip in net
+                and not any(
+                    ip in ipaddress.ip_network(e)
+                    for e in block.get("except", [])
+                    if ipaddress.ip_network(e).version == ip.version
+                )
             ):
                 return True
     return False
@@ -285,8 +394,10 @@ def test_builds_cannot_reach_private_ranges_or_metadata(render, name):
 
 
 def test_extra_egress_for_an_in_cluster_registry(render):
-    rule = {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "registry"}}}],
-            "ports": [{"protocol": "TCP", "port": 5000}]}
+    rule = {
+        "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "registry"}}}],
+        "ports": [{"protocol": "TCP", "port": 5000}],
+    }
     objs = render({"networkPolicy": {"builderDaemon": {"extraEgress": [rule]}}})
     assert rule in objs.get("NetworkPolicy", f"{FULLNAME}-builder")["spec"]["egress"]
     assert rule not in objs.get("NetworkPolicy", f"{FULLNAME}-build")["spec"]["egress"]
@@ -299,7 +410,11 @@ def test_builds_cannot_reach_the_service(render):
     pods = next(p for p in rule["from"] if "podSelector" in p)
     assert pods["namespaceSelector"] == {}
     assert pods["podSelector"]["matchExpressions"] == [
-        {"key": "app.kubernetes.io/component", "operator": "NotIn", "values": ["build", "image-builder"]}
+        {
+            "key": "app.kubernetes.io/component",
+            "operator": "NotIn",
+            "values": ["build", "image-builder"],
+        }
     ]
     # Public clients are admitted; private addresses only as (non-build) pods.
     blocks = [{"to": [p for p in rule["from"] if "ipBlock" in p]}]
@@ -317,8 +432,13 @@ def test_network_policies_can_be_disabled(render):
 
 
 def test_deployment(render):
-    objs = render({"replicas": 3, "hub": {"url": "https://hub.example.org/", "apiToken": "tok-123456"},
-                   "config": {"BinderBuild": {"base_url": "/binder"}}})
+    objs = render(
+        {
+            "replicas": 3,
+            "hub": {"url": "https://hub.example.org/", "apiToken": "tok-123456"},
+            "config": {"BinderBuild": {"base_url": "/binder"}},
+        }
+    )
     deploy = objs.one("Deployment")
     assert deploy["spec"]["replicas"] == 3
     pod = deploy["spec"]["template"]["spec"]
@@ -328,11 +448,16 @@ def test_deployment(render):
     (container,) = pod["containers"]
     assert container["image"] == "binderbuild/binderbuild:0.1.0"
     assert container["securityContext"] == {
-        "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
     assert container["readinessProbe"]["httpGet"]["path"] == "/binder/versions"
     env = {e["name"]: e for e in container["env"]}
     assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
-    assert env["JUPYTERHUB_API_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": FULLNAME, "key": "hub-api-token"}}
+    assert env["JUPYTERHUB_API_TOKEN"]["valueFrom"] == {
+        "secretKeyRef": {"name": FULLNAME, "key": "hub-api-token"}
+    }
     assert "tok-123456" not in json.dumps(deploy)
     labels = deploy["spec"]["template"]["metadata"]["labels"]
     assert labels["hub.jupyter.org/network-access-hub"] == "true"
@@ -347,41 +472,71 @@ def test_hub_token_from_an_existing_secret(render):
     objs = render({"hub": {"existingSecret": {"name": "z2jh-binder", "key": "token"}}})
     (container,) = objs.one("Deployment")["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e for e in container["env"]}
-    assert env["JUPYTERHUB_API_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "z2jh-binder", "key": "token"}}
+    assert env["JUPYTERHUB_API_TOKEN"]["valueFrom"] == {
+        "secretKeyRef": {"name": "z2jh-binder", "key": "token"}
+    }
 
 
 def test_config_change_restarts_the_pods(render):
     def checksum(values):
-        return render(values).one("Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+        return render(values).one("Deployment")["spec"]["template"]["metadata"]["annotations"][
+            "checksum/config"
+        ]
 
     assert checksum({}) == checksum({})
     assert checksum({}) != checksum({"config": {"BinderBuild": {"use_registry": True}}})
 
 
 def test_builder_daemon(render):
-    objs = render({"build": {"tolerations": [{"key": "a", "operator": "Exists"}]},
-                   "builderDaemon": {"tolerations": [{"key": "b", "operator": "Exists"}]}})
+    objs = render(
+        {
+            "build": {"tolerations": [{"key": "a", "operator": "Exists"}]},
+            "builderDaemon": {"tolerations": [{"key": "b", "operator": "Exists"}]},
+        }
+    )
     daemon = objs.one("DaemonSet")
     spec = daemon["spec"]["template"]["spec"]
     (dind,) = spec["containers"]
     assert dind["securityContext"] == {"privileged": True}
     assert spec["automountServiceAccountToken"] is False
-    assert spec["tolerations"] == [{"key": "a", "operator": "Exists"}, {"key": "b", "operator": "Exists"}]
+    assert spec["tolerations"] == [
+        {"key": "a", "operator": "Exists"},
+        {"key": "b", "operator": "Exists"},
+    ]
     host_paths = {v["hostPath"]["path"] for v in spec["volumes"]}
     assert host_paths == {"/var/run/binderbuild-dind", "/var/lib/binderbuild-dind"}
     # Its own socket directory: never the node's Docker or container runtime.
-    assert not host_paths & {"/var/run", "/run", "/var/run/docker.sock", "/var/lib/docker", "/run/containerd"}
+    assert not host_paths & {
+        "/var/run",
+        "/run",
+        "/var/run/docker.sock",
+        "/var/lib/docker",
+        "/run/containerd",
+    }
     assert dind["args"][:4] == [
-        "dockerd", "--host=unix:///var/run/binderbuild-dind/docker.sock", "--group=2375", "--storage-driver=overlay2"]
-    assert daemon["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "image-builder"
+        "dockerd",
+        "--host=unix:///var/run/binderbuild-dind/docker.sock",
+        "--group=2375",
+        "--storage-driver=overlay2",
+    ]
+    assert (
+        daemon["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "image-builder"
+    )
     assert not render({"builderDaemon": {"enabled": False}}).of("DaemonSet")
 
 
 def test_ingress_is_optional(render):
     assert not render().of("Ingress")
-    ingress = render({"ingress": {"enabled": True, "className": "nginx",
-                                  "hosts": [{"host": "binder.example.org"}],
-                                  "tls": [{"secretName": "binder-tls", "hosts": ["binder.example.org"]}]}}).one("Ingress")
+    ingress = render(
+        {
+            "ingress": {
+                "enabled": True,
+                "className": "nginx",
+                "hosts": [{"host": "binder.example.org"}],
+                "tls": [{"secretName": "binder-tls", "hosts": ["binder.example.org"]}],
+            }
+        }
+    ).one("Ingress")
     assert ingress["spec"]["ingressClassName"] == "nginx"
     (rule,) = ingress["spec"]["rules"]
     assert rule["host"] == "binder.example.org"
@@ -393,7 +548,9 @@ def test_ingress_is_optional(render):
 def test_service_and_pdb(render):
     objs = render()
     service = objs.one("Service")
-    assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}
+    ]
     pdb = objs.one("PodDisruptionBudget")
     assert pdb["spec"]["maxUnavailable"] == 1
     labels = objs.one("Deployment")["spec"]["template"]["metadata"]["labels"]
@@ -403,8 +560,17 @@ def test_service_and_pdb(render):
 
 
 def test_notes_render(helm, tmp_path):
-    result = run_helm(helm, "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client",
-                      values={"builderDaemon": {"enabled": False}}, tmp=tmp_path)
+    result = run_helm(
+        helm,
+        "install",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        NAMESPACE,
+        "--dry-run=client",
+        values={"builderDaemon": {"enabled": False}},
+        tmp=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     notes = result.stdout.split("NOTES:", 1)[1]
     assert f"port-forward service/{FULLNAME}" in notes

@@ -103,7 +103,13 @@ class FakeResponse:
 
 
 def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
-    return {"kind": "Status", "status": "Failure", "code": code, "reason": reason, "message": message}
+    return {
+        "kind": "Status",
+        "status": "Failure",
+        "code": code,
+        "reason": reason,
+        "message": message,
+    }
 
 
 @dataclass
@@ -178,7 +184,9 @@ class FakeCoreV1Api:
 
     # ------------------------------------------------------------ API methods
 
-    async def create_namespaced_pod(self, namespace: str, body: dict[str, Any], **kwargs: Any) -> FakeResponse:
+    async def create_namespaced_pod(
+        self, namespace: str, body: dict[str, Any], **kwargs: Any
+    ) -> FakeResponse:
         self._record("create_namespaced_pod", (namespace, body), kwargs)
         name = body["metadata"]["name"]
         if (namespace, name) in self.pods:
@@ -233,7 +241,11 @@ class FakeCoreV1Api:
             ]
             return FakeResponse(
                 200,
-                {"kind": "PodList", "items": items, "metadata": {"resourceVersion": str(self.resource_version)}},
+                {
+                    "kind": "PodList",
+                    "items": items,
+                    "metadata": {"resourceVersion": str(self.resource_version)},
+                },
             )
         since = int(kwargs.get("resource_version") or 0)
         content = FakeContent()
@@ -255,7 +267,9 @@ class FakeCoreV1Api:
 
         return FakeResponse(200, content=content, on_close=closed)
 
-    async def read_namespaced_pod_log(self, name: str, namespace: str, **kwargs: Any) -> FakeResponse:
+    async def read_namespaced_pod_log(
+        self, name: str, namespace: str, **kwargs: Any
+    ) -> FakeResponse:
         self._record("read_namespaced_pod_log", (name, namespace), kwargs)
         forced = self.status_for.pop("read_namespaced_pod_log", None)
         if forced is not None:
@@ -267,7 +281,11 @@ class FakeCoreV1Api:
         if "running" not in state and "terminated" not in state:
             return FakeResponse(
                 400,
-                status_body(400, "BadRequest", f'container "{CONTAINER}" in pod "{name}" is waiting to start'),
+                status_body(
+                    400,
+                    "BadRequest",
+                    f'container "{CONTAINER}" in pod "{name}" is waiting to start',
+                ),
             )
         pod_uid = pod["metadata"]["uid"]
         lines = list(self.logs[pod_uid])
@@ -332,7 +350,12 @@ class FakeCoreV1Api:
             name,
             namespace,
             conditions=[
-                {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": message,
+                }
             ],
         )
 
@@ -341,7 +364,11 @@ class FakeCoreV1Api:
             name,
             namespace,
             containerStatuses=[
-                {"name": CONTAINER, "ready": False, "state": {"waiting": {"reason": reason, "message": message}}}
+                {
+                    "name": CONTAINER,
+                    "ready": False,
+                    "state": {"waiting": {"reason": reason, "message": message}},
+                }
             ],
         )
 
@@ -362,7 +389,9 @@ class FakeCoreV1Api:
             ],
         )
 
-    def log(self, name: str, *texts: str, same_timestamp: bool = False, namespace: str = "ns") -> None:
+    def log(
+        self, name: str, *texts: str, same_timestamp: bool = False, namespace: str = "ns"
+    ) -> None:
         pod = self.pods[(namespace, name)]
         pod_uid = pod["metadata"]["uid"]
         # Kubelet timestamps only move forward within one container's log.
@@ -412,7 +441,12 @@ class FakeCoreV1Api:
         }
         # The kubelet reports the container first and the phase a moment later.
         pod["status"]["containerStatuses"] = [
-            {"name": CONTAINER, "ready": False, "containerID": "containerd://x", "state": {"terminated": terminated}}
+            {
+                "name": CONTAINER,
+                "ready": False,
+                "containerID": "containerd://x",
+                "state": {"terminated": terminated},
+            }
         ]
         self._end_logs(pod["metadata"]["uid"])
         self._bump(namespace, "MODIFIED", pod)

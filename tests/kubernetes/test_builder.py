@@ -38,7 +38,9 @@ async def simple_success(api: FakeCoreV1Api, name: str) -> None:
     await until(lambda: api.log_streams, what="log followed")
     api.log_json(name, "fetching", "Cloning repository...\n")
     api.log_json(name, "building", "Step 1/3 : FROM base\n")
-    api.log_json(name, "pushing", "Pushing image\n", progress={"layer1": {"current": 1, "total": 2}})
+    api.log_json(
+        name, "pushing", "Pushing image\n", progress={"layer1": {"current": 1, "total": 2}}
+    )
     api.finish(name, 0)
 
 
@@ -87,7 +89,9 @@ def test_pending_state_becomes_waiting_events(api):
         await until(build_pod_exists(api, name))
         api.unschedulable(name, "0/3 nodes are available: 3 Insufficient cpu.")
         await until(lambda: any("Insufficient cpu" in m for m in collector.messages))
-        api.unschedulable(name, "0/3 nodes are available: 3 Insufficient cpu.")  # same news: no repeat
+        api.unschedulable(
+            name, "0/3 nodes are available: 3 Insufficient cpu."
+        )  # same news: no repeat
         api.schedule(name, "node-2")
         await until(lambda: any("node-2" in m for m in collector.messages))
         api.start(name)
@@ -105,9 +109,18 @@ def test_pending_state_becomes_waiting_events(api):
 @pytest.mark.parametrize(
     ("kill", "expected"),
     [
-        (lambda api, n: api.finish(n, 137, reason="OOMKilled"), "The build ran out of memory (limit 2147483648)."),
-        (lambda api, n: api.fail_pod(n, "Evicted", "The node was low on resource: memory."), "evicted: The node was low on resource: memory."),
-        (lambda api, n: api.fail_pod(n, "DeadlineExceeded", "Pod was active too long"), "exceeded its deadline of 7200 seconds"),
+        (
+            lambda api, n: api.finish(n, 137, reason="OOMKilled"),
+            "The build ran out of memory (limit 2147483648).",
+        ),
+        (
+            lambda api, n: api.fail_pod(n, "Evicted", "The node was low on resource: memory."),
+            "evicted: The node was low on resource: memory.",
+        ),
+        (
+            lambda api, n: api.fail_pod(n, "DeadlineExceeded", "Pod was active too long"),
+            "exceeded its deadline of 7200 seconds",
+        ),
     ],
     ids=["oom", "evicted", "deadline"],
 )
@@ -164,7 +177,11 @@ def test_unpullable_builder_image_fails_fast_and_removes_the_pod(api):
         api.waiting(name, "ErrImagePull", "pull access denied")  # may be transient
         await asyncio.sleep(0.05)
         assert not collector.task.done()
-        api.waiting(name, "ImagePullBackOff", 'Back-off pulling image "registry.example.org/binderbuild-builder:test"')
+        api.waiting(
+            name,
+            "ImagePullBackOff",
+            'Back-off pulling image "registry.example.org/binderbuild-builder:test"',
+        )
         await collector.done()
         assert isinstance(collector.error, BuildBackendError)
         assert "Cannot pull the builder image registry.example.org/binderbuild-builder:test" in str(
@@ -221,7 +238,9 @@ def test_second_replica_attaches_instead_of_building_again(api):
         assert len(api.calls_to("create_namespaced_pod")) == 2  # second got 409
         assert len(api.created_uids) == 1
         # The attached replica starts from the tail of the log.
-        (log_b,) = [c for c in api.calls_to("read_namespaced_pod_log") if c.kwargs.get("tail_lines")]
+        (log_b,) = [
+            c for c in api.calls_to("read_namespaced_pod_log") if c.kwargs.get("tail_lines")
+        ]
         assert log_b.kwargs["tail_lines"] == 100
         b_lines = [m for m in b.messages if m.startswith("line ")]
         assert b_lines == [f"line {i}\n" for i in range(50, 150)]
@@ -491,6 +510,21 @@ def test_pod_that_just_succeeded_is_followed_not_rebuilt(api):
     run(body())
 
 
+def test_a_pod_of_the_same_name_from_another_deployment_is_an_error(api):
+    async def body():
+        job = make_job()
+        pod = leftover(job, "Running")
+        pod["metadata"]["labels"]["app.kubernetes.io/instance"] = "someone-else"
+        api.add_pod(pod)
+        builder = make_builder(api)
+        with pytest.raises(BuildBackendError, match="share this namespace"):
+            async for _ in builder.build(job):
+                pass
+        await builder.close()
+
+    run(body())
+
+
 def test_a_pod_of_the_same_name_for_another_image_is_an_error(api):
     async def body():
         job = make_job()
@@ -518,7 +552,10 @@ def test_cleanup_sweeps_finished_and_over_age_pods_only(api):
             pod["metadata"]["creationTimestamp"] = rfc3339(created)
             if finished is not None:
                 pod["status"]["containerStatuses"] = [
-                    {"name": "builder", "state": {"terminated": {"exitCode": 0, "finishedAt": rfc3339(finished)}}}
+                    {
+                        "name": "builder",
+                        "state": {"terminated": {"exitCode": 0, "finishedAt": rfc3339(finished)}},
+                    }
                 ]
             api.add_pod(pod)
 
@@ -547,15 +584,20 @@ def test_cleanup_never_deletes_a_newer_pod_of_the_same_name(api):
         name = job.image.build_name
         old = leftover(job, "Succeeded")
         old["status"]["containerStatuses"] = [
-            {"name": "builder", "state": {"terminated": {"exitCode": 0, "finishedAt": rfc3339(1.0)}}}
+            {
+                "name": "builder",
+                "state": {"terminated": {"exitCode": 0, "finishedAt": rfc3339(1.0)}},
+            }
         ]
         api.add_pod(old)
         await builder.start()
         await watched(builder, name)
         # Replaced behind the watch's back: the cache still has the old uid.
         api.pods.pop((NS, name))
-        api.pods[(NS, name)] = {**leftover(job, "Running"), "metadata": {
-            **leftover(job, "Running")["metadata"], "uid": "newer-uid"}}
+        api.pods[(NS, name)] = {
+            **leftover(job, "Running"),
+            "metadata": {**leftover(job, "Running")["metadata"], "uid": "newer-uid"},
+        }
         assert await builder.cleanup_once() == []
         assert api.pod(name)["metadata"]["uid"] == "newer-uid"
         await builder.close()
@@ -567,7 +609,10 @@ def daemon_pod(node: str, ready: bool = True) -> dict:
     return {
         "metadata": {
             "name": f"dind-{node}",
-            "labels": {"app.kubernetes.io/name": "binderbuild", "app.kubernetes.io/component": "image-builder"},
+            "labels": {
+                "app.kubernetes.io/name": "binderbuild",
+                "app.kubernetes.io/component": "image-builder",
+            },
         },
         "spec": {"nodeName": node},
         "status": {
@@ -599,7 +644,8 @@ def test_sticky_builds_prefer_the_rendezvous_node(api):
         await collector.done()
         # The node list is cached, not listed per build.
         daemon_lists = [
-            c for c in api.calls_to("list_namespaced_pod")
+            c
+            for c in api.calls_to("list_namespaced_pod")
             if "image-builder" in c.kwargs.get("label_selector", "") and not c.kwargs.get("watch")
         ]
         assert len(daemon_lists) == 1
@@ -680,7 +726,9 @@ def test_binderhub_style_docker_host_is_used_unless_configured(api):
     assert plain.build_docker_host == "/var/run/dind/docker.sock"
     config = Config()
     config.KubernetesBuilder.build_docker_host = "/run/ours/docker.sock"
-    configured = KubernetesBuilder(config=config, k8s_api=api, docker_host="unix:///var/run/dind/docker.sock")
+    configured = KubernetesBuilder(
+        config=config, k8s_api=api, docker_host="unix:///var/run/dind/docker.sock"
+    )
     assert configured.build_docker_host == "/run/ours/docker.sock"
     tcp = KubernetesBuilder(k8s_api=api, docker_host="tcp://10.0.0.1:2375")
     assert tcp.build_docker_host == "/var/run/binderbuild-dind/docker.sock"

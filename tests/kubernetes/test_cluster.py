@@ -41,14 +41,18 @@ pytestmark = pytest.mark.kubernetes
 NAMESPACE = os.environ.get("BINDERBUILD_TEST_NAMESPACE", "bbtest")
 RELEASE = os.environ.get("BINDERBUILD_TEST_RELEASE", "bbtest")
 BUILD_IMAGE = os.environ.get("BINDERBUILD_TEST_BUILD_IMAGE", f"binderbuild/builder:{__version__}")
-REPO = os.environ.get("BINDERBUILD_TEST_REPO", "https://github.com/binderhub-ci-repos/minimal-dockerfile")
+REPO = os.environ.get(
+    "BINDERBUILD_TEST_REPO", "https://github.com/binderhub-ci-repos/minimal-dockerfile"
+)
 REF = os.environ.get("BINDERBUILD_TEST_REF", "HEAD")
 
 
 @pytest.fixture(autouse=True)
 def cluster() -> None:
     if not os.environ.get("KUBECONFIG"):
-        pytest.skip("No Kubernetes cluster (KUBECONFIG is unset): run KUBECONFIG=... pytest -m kubernetes tests/kubernetes")
+        pytest.skip(
+            "No Kubernetes cluster (KUBECONFIG is unset): run KUBECONFIG=... pytest -m kubernetes tests/kubernetes"
+        )
 
 
 def cluster_builder(core) -> KubernetesBuilder:
@@ -80,7 +84,9 @@ def test_build_a_repository_in_a_pod_and_stream_its_log():
             job = fresh_job()
             collector = Collector(builder.build(job))
             await collector.done(timeout=840)
-            assert collector.error is None, f"{collector.error}\n" + "".join(collector.messages[-30:])
+            assert collector.error is None, f"{collector.error}\n" + "".join(
+                collector.messages[-30:]
+            )
             assert any(e.phase is Phase.BUILDING for e in collector.events)
             await builder.close()
             # Its creator removed the pod.

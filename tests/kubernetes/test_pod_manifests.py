@@ -13,6 +13,7 @@ import pytest
 
 from binderbuild.builders import pod_manifests as pm
 from binderbuild.builders.r2d_command import ENGINE_NAME
+from tests.kubernetes import k8s_schema
 from tests.kubernetes.conftest import SECRET, make_job
 
 
@@ -180,13 +181,17 @@ def test_environment():
 
 
 def test_push_credentials_come_from_the_secret_only():
-    pod = pm.build_pod_manifest(make_job(), config(push_secret="prod-push", push_secret_key="creds"))
+    pod = pm.build_pod_manifest(
+        make_job(), config(push_secret="prod-push", push_secret_key="creds")
+    )
     env = env_of(pod)
     assert env["CONTAINER_ENGINE_REGISTRY_CREDENTIALS"] == {
         "secretKeyRef": {"name": "prod-push", "key": "creds"}
     }
     # No value of any kind: the secret is resolved by the kubelet.
-    (entry,) = [e for e in container(pod)["env"] if e["name"] == "CONTAINER_ENGINE_REGISTRY_CREDENTIALS"]
+    (entry,) = [
+        e for e in container(pod)["env"] if e["name"] == "CONTAINER_ENGINE_REGISTRY_CREDENTIALS"
+    ]
     assert "value" not in entry
 
 
@@ -196,10 +201,14 @@ def test_anonymous_push_without_a_secret():
 
 
 def test_extra_environment_cannot_replace_ours():
-    job = make_job(extra_env=(("GIT_CREDENTIAL_ENV", "user:pw"), ("DOCKER_HOST", "tcp://evil:2375")))
+    job = make_job(
+        extra_env=(("GIT_CREDENTIAL_ENV", "user:pw"), ("DOCKER_HOST", "tcp://evil:2375"))
+    )
     pod = pm.build_pod_manifest(
         job,
-        config(extra_env={"HTTPS_PROXY": "http://proxy:3128", "BINDERBUILD_DOCKER_HOST": "tcp://x"}),
+        config(
+            extra_env={"HTTPS_PROXY": "http://proxy:3128", "BINDERBUILD_DOCKER_HOST": "tcp://x"}
+        ),
     )
     env = env_of(pod)
     assert env["HTTPS_PROXY"] == "http://proxy:3128"
@@ -227,7 +236,9 @@ def test_scheduling_options():
         make_job(),
         config(
             node_selector={"pool": "builders"},
-            tolerations=({"key": "dedicated", "operator": "Equal", "value": "build", "effect": "NoSchedule"},),
+            tolerations=(
+                {"key": "dedicated", "operator": "Equal", "value": "build", "effect": "NoSchedule"},
+            ),
             image_pull_secrets=("pull-a", "pull-b"),
             service_account="prod-build",
             priority_class_name="binder-builds",
@@ -244,7 +255,13 @@ def test_scheduling_options():
 
 def test_defaults_leave_optional_fields_out():
     spec = pm.build_pod_manifest(make_job(), config())["spec"]
-    for key in ("nodeSelector", "tolerations", "imagePullSecrets", "serviceAccountName", "priorityClassName"):
+    for key in (
+        "nodeSelector",
+        "tolerations",
+        "imagePullSecrets",
+        "serviceAccountName",
+        "priorityClassName",
+    ):
         assert key not in spec
 
 
@@ -257,7 +274,9 @@ def test_affinity_spreads_builds_by_default():
 
 
 def test_sticky_affinity_prefers_one_node():
-    affinity = pm.build_pod_manifest(make_job(), config(), preferred_node="node-7")["spec"]["affinity"]
+    affinity = pm.build_pod_manifest(make_job(), config(), preferred_node="node-7")["spec"][
+        "affinity"
+    ]
     (term,) = affinity["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
     assert term["weight"] == 100
     assert term["preference"]["matchExpressions"] == [
@@ -310,8 +329,11 @@ def test_prologue_writes_the_config_waits_for_the_socket_and_execs_argv(tmp_path
         text = "c = get_config()\nc.Repo2Docker.engine = 'x'\n"
         result = subprocess.run(
             ["/bin/sh", "-c", prologue, "binderbuild-build", "printf", "%s\\n", *tricky],
-            env={"PATH": os.environ["PATH"], "BINDERBUILD_R2D_CONFIG": text,
-                 "BINDERBUILD_DOCKER_SOCKET": str(sock_path)},
+            env={
+                "PATH": os.environ["PATH"],
+                "BINDERBUILD_R2D_CONFIG": text,
+                "BINDERBUILD_DOCKER_SOCKET": str(sock_path),
+            },
             capture_output=True,
             text=True,
             timeout=10,
@@ -321,3 +343,33 @@ def test_prologue_writes_the_config_waits_for_the_socket_and_execs_argv(tmp_path
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == tricky
     assert config_file.read_text() == text
+
+
+def test_every_field_is_a_real_pod_field():
+    """Full options, sticky and not: nothing is dropped by the V1Pod model."""
+    full = config(
+        node_selector={"pool": "b"},
+        tolerations=({"key": "k", "operator": "Exists", "effect": "NoSchedule"},),
+        image_pull_secrets=("pull",),
+        service_account="sa",
+        priority_class_name="p",
+        cpu_request="1",
+        cpu_limit="2",
+        memory_request="1Gi",
+        scratch_size_limit="10Gi",
+        extra_labels={"team": "x"},
+        extra_annotations={"note": "y"},
+    )
+    for preferred in (None, "node-1"):
+        pod = pm.build_pod_manifest(make_job(), full, preferred_node=preferred)
+        assert k8s_schema.problems(pod) == []
+
+
+def test_the_field_check_catches_misspelt_fields():
+    pod = pm.build_pod_manifest(make_job(), config())
+    pod["spec"]["nodeSelecter"] = {"pool": "b"}
+    pod["spec"]["containers"][0]["securityContext"]["readonly"] = True
+    assert k8s_schema.problems(pod) == [
+        "unknown field /spec/containers[0]/securityContext/readonly",
+        "unknown field /spec/nodeSelecter",
+    ]

@@ -17,8 +17,15 @@ REPO_A = "https://github.com/org/a"
 REPO_B = "https://github.com/org/b"
 
 
-def user_pod(name: str, *, repo: str | None = None, env_repo: str | None = None,
-             phase: str = "Running", user: str | None = None, labels: dict | None = None) -> dict:
+def user_pod(
+    name: str,
+    *,
+    repo: str | None = None,
+    env_repo: str | None = None,
+    phase: str = "Running",
+    user: str | None = None,
+    labels: dict | None = None,
+) -> dict:
     annotations = {}
     if repo:
         annotations["binderbuild/repo-url"] = repo
@@ -146,7 +153,9 @@ def streamed(*chunks: bytes) -> FakeResponse:
 def test_lines_are_split_across_chunks_and_overlong_lines_are_cut():
     async def body():
         api = PodAPI(
-            Scripted(read_namespaced_pod_log=streamed(b"ab", b"c\nde", b"f\n", b"x" * 25, b"y\nlast")),
+            Scripted(
+                read_namespaced_pod_log=streamed(b"ab", b"c\nde", b"f\n", b"x" * 25, b"y\nlast")
+            ),
             max_line_bytes=10,
         )
         lines = [line async for line in api.pod_log_lines("ns", "p", container="builder")]
@@ -157,7 +166,9 @@ def test_lines_are_split_across_chunks_and_overlong_lines_are_cut():
 
 def test_http_errors_carry_the_api_message_and_a_hint_for_rbac():
     async def body():
-        forbidden = FakeResponse(403, {"kind": "Status", "message": 'pods is forbidden: User "x" cannot create'})
+        forbidden = FakeResponse(
+            403, {"kind": "Status", "message": 'pods is forbidden: User "x" cannot create'}
+        )
         api = PodAPI(Scripted(create_namespaced_pod=forbidden))
         with pytest.raises(BuildBackendError) as info:
             await api.create_pod("ns", {"metadata": {"name": "p"}})
@@ -170,10 +181,20 @@ def test_http_errors_carry_the_api_message_and_a_hint_for_rbac():
 
 def test_not_found_and_conflict_are_answers_not_errors():
     async def body():
-        gone = PodAPI(Scripted(read_namespaced_pod=FakeResponse(404, {}), delete_namespaced_pod=FakeResponse(404, {})))
+        gone = PodAPI(
+            Scripted(
+                read_namespaced_pod=FakeResponse(404, {}),
+                delete_namespaced_pod=FakeResponse(404, {}),
+            )
+        )
         assert await gone.read_pod("ns", "p") is None
         assert await gone.delete_pod("ns", "p", uid="u") is False
-        taken = PodAPI(Scripted(create_namespaced_pod=FakeResponse(409, {}), delete_namespaced_pod=FakeResponse(409, {})))
+        taken = PodAPI(
+            Scripted(
+                create_namespaced_pod=FakeResponse(409, {}),
+                delete_namespaced_pod=FakeResponse(409, {}),
+            )
+        )
         assert await taken.create_pod("ns", {"metadata": {"name": "p"}}) is None
         assert await taken.delete_pod("ns", "p", uid="other") is False
 
@@ -182,13 +203,23 @@ def test_not_found_and_conflict_are_answers_not_errors():
 
 def test_watch_errors():
     async def body():
-        expired = streamed(json.dumps({"type": "ERROR", "object": {"code": 410, "message": "too old"}}).encode() + b"\n")
+        expired = streamed(
+            json.dumps({"type": "ERROR", "object": {"code": 410, "message": "too old"}}).encode()
+            + b"\n"
+        )
         with pytest.raises(ResourceExpired):
-            async for _ in PodAPI(Scripted(list_namespaced_pod=expired)).watch_pods("ns", "a=b", "1"):
+            async for _ in PodAPI(Scripted(list_namespaced_pod=expired)).watch_pods(
+                "ns", "a=b", "1"
+            ):
                 pass
-        broken = streamed(json.dumps({"type": "ERROR", "object": {"code": 500, "message": "etcd"}}).encode() + b"\n")
+        broken = streamed(
+            json.dumps({"type": "ERROR", "object": {"code": 500, "message": "etcd"}}).encode()
+            + b"\n"
+        )
         with pytest.raises(BuildBackendError, match="etcd"):
-            async for _ in PodAPI(Scripted(list_namespaced_pod=broken)).watch_pods("ns", "a=b", "1"):
+            async for _ in PodAPI(Scripted(list_namespaced_pod=broken)).watch_pods(
+                "ns", "a=b", "1"
+            ):
                 pass
 
     run(body())
@@ -208,7 +239,10 @@ def test_connection_failures_become_backend_errors():
 
 def test_namespace_comes_from_the_environment_or_the_service_account(tmp_path):
     ns_file = tmp_path / "namespace"
-    assert k8s_api.current_namespace(environ={"POD_NAMESPACE": "from-env"}, namespace_file=ns_file) == "from-env"
+    assert (
+        k8s_api.current_namespace(environ={"POD_NAMESPACE": "from-env"}, namespace_file=ns_file)
+        == "from-env"
+    )
     assert k8s_api.current_namespace(environ={}, namespace_file=ns_file) == "default"
     ns_file.write_text("from-sa\n")
     assert k8s_api.current_namespace(environ={}, namespace_file=ns_file) == "from-sa"

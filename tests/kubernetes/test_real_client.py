@@ -81,7 +81,9 @@ class LoopbackApiServer:
                     "kind": "Config",
                     "clusters": [{"name": "loopback", "cluster": {"server": self.url}}],
                     "users": [{"name": "tester", "user": {"token": "not-a-real-token"}}],
-                    "contexts": [{"name": "loopback", "context": {"cluster": "loopback", "user": "tester"}}],
+                    "contexts": [
+                        {"name": "loopback", "context": {"cluster": "loopback", "user": "tester"}}
+                    ],
                     "current-context": "loopback",
                 }
             )
@@ -141,7 +143,9 @@ class LoopbackApiServer:
 
     async def read(self, request: web.Request) -> web.StreamResponse:
         kwargs, _ = await self._record(request)
-        resp = await self.fake.read_namespaced_pod(request.match_info["name"], request.match_info["ns"], **kwargs)
+        resp = await self.fake.read_namespaced_pod(
+            request.match_info["name"], request.match_info["ns"], **kwargs
+        )
         return await self._answer(request, resp)
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
@@ -173,7 +177,9 @@ def http_builder(kubeconfig: Path, **traits: Any) -> KubernetesBuilder:
     }
     for key, value in settings.items():
         config.KubernetesBuilder[key] = value
-    return KubernetesBuilder(config=config, memory_limit=1 << 30, log=logging.getLogger("test.http"))
+    return KubernetesBuilder(
+        config=config, memory_limit=1 << 30, log=logging.getLogger("test.http")
+    )
 
 
 @pytest.fixture
@@ -281,7 +287,9 @@ def test_quota_cache_over_http(fake, tmp_path):
                     "status": {"phase": "Running"},
                 }
             )
-            cache = PodCountCache(kubeconfig=str(server.kubeconfig(tmp_path / "kc")), namespace="ns")
+            cache = PodCountCache(
+                kubeconfig=str(server.kubeconfig(tmp_path / "kc")), namespace="ns"
+            )
             await cache.start()
             assert cache.count() == 1 and cache.count("https://github.com/o/r") == 1
             fake.remove("jupyter-a")

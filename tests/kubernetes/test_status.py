@@ -25,7 +25,11 @@ def pod(phase="Running", *, state=None, reason=None, message=None, conditions=No
         or {
             "activeDeadlineSeconds": 3600,
             "containers": [
-                {"name": "builder", "image": "reg/builder:1", "resources": {"limits": {"memory": "2Gi"}}}
+                {
+                    "name": "builder",
+                    "image": "reg/builder:1",
+                    "resources": {"limits": {"memory": "2Gi"}},
+                }
             ],
         },
         "status": status,
@@ -55,21 +59,34 @@ def test_evicted():
 
 
 def test_deadline_exceeded():
-    p = pod("Failed", reason="DeadlineExceeded", message="Pod was active on the node longer than...")
-    assert st.failure_reason(p) == "The build pod exceeded its deadline of 3600 seconds and was stopped."
+    p = pod(
+        "Failed", reason="DeadlineExceeded", message="Pod was active on the node longer than..."
+    )
+    assert (
+        st.failure_reason(p)
+        == "The build pod exceeded its deadline of 3600 seconds and was stopped."
+    )
 
 
 def test_exit_code():
     p = pod("Failed", state={"terminated": {"exitCode": 1, "reason": "Error"}})
     assert st.failure_reason(p) == "The build exited with code 1."
-    q = pod("Failed", state={"terminated": {"exitCode": 143, "reason": "ContainerCannotRun", "message": "boom"}})
+    q = pod(
+        "Failed",
+        state={"terminated": {"exitCode": 143, "reason": "ContainerCannotRun", "message": "boom"}},
+    )
     assert st.failure_reason(q) == "The build exited with code 143 (ContainerCannotRun): boom"
 
 
 def test_image_pull_failures_are_fatal_while_pending():
     backoff = pod(
         "Pending",
-        state={"waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "reg/builder:1"'}},
+        state={
+            "waiting": {
+                "reason": "ImagePullBackOff",
+                "message": 'Back-off pulling image "reg/builder:1"',
+            }
+        },
     )
     assert st.pending_problem(backoff) == (
         'Cannot pull the builder image reg/builder:1 (ImagePullBackOff): Back-off pulling image "reg/builder:1"'
@@ -85,7 +102,12 @@ def test_image_pull_failures_are_fatal_while_pending():
 def test_missing_secret_is_fatal():
     p = pod(
         "Pending",
-        state={"waiting": {"reason": "CreateContainerConfigError", "message": 'secret "push" not found'}},
+        state={
+            "waiting": {
+                "reason": "CreateContainerConfigError",
+                "message": 'secret "push" not found',
+            }
+        },
     )
     assert st.pending_problem(p) == (
         'The build pod cannot start (CreateContainerConfigError): secret "push" not found'
