@@ -17,8 +17,8 @@ Three kinds of callers:
 
 Identifying a hub user costs a request to the hub on the first sight of a
 token or cookie (the answer is cached by ``HubAuth`` for a few minutes).
-``Context.user_resolver`` is synchronous, so that request runs on HubAuth's
-own background thread and loop.
+The resolver awaits HubAuth's async API (``sync=False``), so a slow hub
+slows only the requests that need it, never the event loop.
 """
 
 from __future__ import annotations
@@ -147,14 +147,14 @@ class HubUserResolver:
         self.hub_auth = hub_auth
         self.api_tokens = api_tokens
 
-    def __call__(self, handler: RequestHandler) -> str | None:
+    async def __call__(self, handler: RequestHandler) -> str | None:
         cached = getattr(handler, "_binderbuild_user", False)
         if cached is not False:
             return cached  # type: ignore[no-any-return]
         name: str | None = None
         if api_caller(handler, self.api_tokens) is None:
             try:
-                model = self.hub_auth.get_user(handler)
+                model = await self.hub_auth.get_user(handler, sync=False)
             except Exception as exc:
                 # Hub down or token rejected: treat as anonymous; the auth
                 # check then refuses with a clear message.

@@ -54,7 +54,8 @@ class Context:
     admission_checks: list[AdmissionCheck] = field(default_factory=list)
     # Maps a request to its client IP (trusted-proxy aware when configured).
     client_ip_resolver: Callable[[HTTPServerRequest], str] | None = None
-    user_resolver: Callable[[RequestHandler], str | None] | None = None
+    # Async: identifying a hub user may ask the hub (cached by HubAuth).
+    user_resolver: Callable[[RequestHandler], Awaitable[str | None]] | None = None
     services: dict[str, Any] = field(default_factory=dict)
 
     def client_ip(self, request: HTTPServerRequest) -> str:
@@ -62,8 +63,8 @@ class Context:
             return self.client_ip_resolver(request)
         return request.remote_ip or ""
 
-    def current_user_name(self, handler: RequestHandler) -> str | None:
-        return self.user_resolver(handler) if self.user_resolver else None
+    async def current_user_name(self, handler: RequestHandler) -> str | None:
+        return await self.user_resolver(handler) if self.user_resolver else None
 
     async def admit(self, handler: RequestHandler, request: BuildRequest) -> None:
         for check in self.admission_checks:

@@ -347,7 +347,7 @@ class BuildsHandler(ApiHandler):
             spec=body["spec"],
             build_only=True,
             client_ip=self.client_ip,
-            user=self.ctx.current_user_name(self),
+            user=await self.ctx.current_user_name(self),
             force_rebuild=force,
             launch_host=self.launch_host,
         )
@@ -542,7 +542,7 @@ class ImageHandler(ApiHandler):
             spec=spec,
             build_only=True,
             client_ip=self.client_ip,
-            user=self.ctx.current_user_name(self),
+            user=await self.ctx.current_user_name(self),
             launch_host=self.launch_host,
         )
         pipeline = self.ctx.pipeline

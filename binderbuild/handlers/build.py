@@ -111,7 +111,7 @@ class BuildHandler(EventStreamHandler):
             spec=spec,
             build_only=build_only,
             client_ip=self.client_ip,
-            user=self.ctx.current_user_name(self),
+            user=await self.ctx.current_user_name(self),
             launch_host=self.launch_host,
         )
         try:

@@ -364,11 +364,11 @@ class StaticHandler(StaticFileHandler):
 class PageHandler(BaseHandler):
     """Renders templates with the shared namespace; errors become HTML pages."""
 
-    def login_redirect(self) -> bool:
+    async def login_redirect(self) -> bool:
         """With hub login on (``ctx.services["hub_auth"]``), send an anonymous
         browser to the hub's login and back; True when it did."""
         hub_auth = self.ctx.services.get("hub_auth")
-        if hub_auth is None or self.ctx.current_user_name(self):
+        if hub_auth is None or await self.ctx.current_user_name(self):
             return False
         from binderbuild.auth import hub_login_url
 
@@ -457,8 +457,8 @@ class PageHandler(BaseHandler):
 
 
 class HomeHandler(PageHandler):
-    def get(self) -> None:
-        if self.login_redirect():
+    async def get(self) -> None:
+        if await self.login_redirect():
             return
         providers = [p.describe() for p in self.ctx.providers.values()]
         config = {
@@ -494,8 +494,8 @@ class LoadingHandler(PageHandler):
             raise _PageError(http_status(exc), exc.message) from None
         return provider_id, spec, provider, parsed
 
-    def get(self, provider_id: str, spec: str) -> None:
-        if not self._wants_json() and self.login_redirect():
+    async def get(self, provider_id: str, spec: str) -> None:
+        if not self._wants_json() and await self.login_redirect():
             return
         try:
             provider_id, spec, provider, parsed = self.lookup()
