@@ -49,7 +49,7 @@ from binderbuild.pipeline import Pipeline, PipelineSettings
 from binderbuild.providers import DEFAULT_PROVIDERS
 from binderbuild.providers.base import RepoProvider
 from binderbuild.registry import ImageStore, LocalImageStore, RegistryClient
-from binderbuild.secrets import Scrubber, ScrubbingFilter
+from binderbuild.secrets import Scrubber
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -489,10 +489,6 @@ class BinderBuild(PageOptions, Application):
         scrubber = Scrubber([self.hub_api_token, *self.extra_log_secrets])
         registry_config = DockerRegistry(parent=self, log=self.log)
         scrubber.add(registry_config.password)
-        for name in ("binderbuild", "tornado", "traitlets", self.log.name):
-            logger = logging.getLogger(name)
-            if not any(isinstance(f, ScrubbingFilter) for f in logger.filters):
-                logger.addFilter(ScrubbingFilter(scrubber))
 
         http = HttpClient(user_agent=f"binderbuild/{__version__}")
         docker_client = self._docker_client()

@@ -3,12 +3,12 @@
 ``Scrubber`` replaces every configured secret value (registry password, hub
 token, provider tokens, build-token signing key) and any ``user:password@``
 credentials in URLs with ``***``. It is applied to build output before it
-becomes an event and installed as a logging filter on binderbuild's loggers.
+becomes an event, and by the log formatters (``logging_setup``) to every
+finished log line, tracebacks included.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Iterable
 
@@ -36,18 +36,3 @@ class Scrubber:
                 text = text.replace(secret, "***")
         text = _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
         return _TOKEN_LIKE.sub(r"\1***", text)
-
-
-class ScrubbingFilter(logging.Filter):
-    """Logging filter: render the message, scrub it, and freeze the result."""
-
-    def __init__(self, scrubber: Scrubber) -> None:
-        super().__init__()
-        self.scrubber = scrubber
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        scrubbed = self.scrubber.scrub(message)
-        if scrubbed != message or record.args:
-            record.msg, record.args = scrubbed, None
-        return True
