@@ -11,9 +11,11 @@
 #   - configurable-http-proxy (npm) under $ROOT/var/node
 #   - dockerd, without a bridge network: containers get no network unless a
 #     caller asks for host networking explicitly
-#   - two local base images, because no registry with images is reachable:
-#     binderbuild/base:bookworm (debootstrap) and
-#     binderbuild/notebook-base:bookworm (scripts/images/notebook-base)
+#   - local base images, because no registry with images is reachable:
+#     binderbuild/base:bookworm (debootstrap),
+#     binderbuild/notebook-base:bookworm (scripts/images/notebook-base) and
+#     binderbuild/python-standin:3.11-bookworm (scripts/images/python-standin,
+#     stands in for python:3.11-slim-bookworm in tests/images)
 #
 # It starts no registry, hub or git server: tests start their own, and
 # scripts/services.sh starts the long-running ones for single-machine use.
@@ -29,6 +31,7 @@ LOG="$VAR/log"
 VENV="$ROOT/.venv"
 BASE_IMAGE="binderbuild/base:bookworm"
 NOTEBOOK_IMAGE="binderbuild/notebook-base:bookworm"
+PYTHON_STANDIN_IMAGE="binderbuild/python-standin:3.11-bookworm"
 DEBIAN_MIRROR="http://deb.debian.org/debian"
 HOST_CA_BUNDLE="/etc/ssl/certs/ca-certificates.crt"
 
@@ -216,6 +219,46 @@ PY
     trap - EXIT
 else
     say "$NOTEBOOK_IMAGE up to date"
+fi
+
+# Stand-in for python:3.11-slim-bookworm, the base of the service and builder
+# images (tests/images builds both FROM it). Rebuilt when its Dockerfile, the
+# host's CA bundle or the base image changes. Same Engine API build as above.
+PS_DIR="$ROOT/scripts/images/python-standin"
+ps_hash="$(cat "$PS_DIR/Dockerfile" "$HOST_CA_BUNDLE" \
+               <(docker image inspect -f '{{.Id}}' "$BASE_IMAGE") | sha256sum | cut -d' ' -f1)"
+if [ "$(image_label "$PYTHON_STANDIN_IMAGE" binderbuild.source-sha256)" != "$ps_hash" ]; then
+    say "building $PYTHON_STANDIN_IMAGE (host network, Debian mirror)"
+    ctx="$(mktemp -d "$VAR/python-standin-ctx.XXXXXX")"
+    trap 'rm -rf "$ctx"' EXIT
+    cp "$PS_DIR/Dockerfile" "$ctx/Dockerfile"
+    cp "$HOST_CA_BUNDLE" "$ctx/host-ca-certificates.crt"
+    if ! "$VENV/bin/python" - "$ctx" "$PYTHON_STANDIN_IMAGE" "$ps_hash" \
+            >"$LOG/python-standin-build.log" 2>&1 <<'PY'
+import sys
+
+import docker
+
+ctx, tag, digest = sys.argv[1:4]
+client = docker.from_env(timeout=3600)
+for chunk in client.api.build(
+    path=ctx, tag=tag, network_mode="host", rm=True, forcerm=True, pull=False,
+    decode=True, labels={"binderbuild.source-sha256": digest},
+):
+    if "stream" in chunk:
+        sys.stdout.write(chunk["stream"])
+    elif "error" in chunk:
+        print("ERROR:", chunk["error"])
+        sys.exit(1)
+    sys.stdout.flush()
+PY
+    then
+        show_log "$LOG/python-standin-build.log"; fail "building $PYTHON_STANDIN_IMAGE"
+    fi
+    rm -rf "$ctx"
+    trap - EXIT
+else
+    say "$PYTHON_STANDIN_IMAGE up to date"
 fi
 
 say "all steps done"

@@ -270,8 +270,11 @@ def build_command(job: BuildJob, config: BuildPodConfig) -> list[str]:
         user_name=config.user_name,
         extra_args=config.extra_args,
     )
-    # $0 of the prologue names it in `ps`; repo2docker's argv is "$@".
-    return ["/bin/sh", "-c", PROLOGUE, "binderbuild-build", *argv]
+    # tini is PID 1: a plain process as PID 1 ignores SIGTERM, so deleting a
+    # build pod would wait out its whole grace period; tini forwards the
+    # signal to repo2docker. $0 of the prologue names it in `ps`;
+    # repo2docker's argv is "$@".
+    return ["tini", "--", "/bin/sh", "-c", PROLOGUE, "binderbuild-build", *argv]
 
 
 def build_pod_manifest(

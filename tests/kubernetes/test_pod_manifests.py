@@ -147,9 +147,10 @@ def test_socket_must_be_an_absolute_file_path(bad):
 def test_command_runs_repo2docker_with_the_docker_api_engine():
     job = make_job()
     command = container(pm.build_pod_manifest(job, config()))["command"]
-    assert command[:2] == ["/bin/sh", "-c"]
-    assert command[2] == pm.PROLOGUE
-    argv = command[4:]
+    # tini as PID 1 forwards SIGTERM, so deleting a pod stops the build at once.
+    assert command[:4] == ["tini", "--", "/bin/sh", "-c"]
+    assert command[4] == pm.PROLOGUE
+    argv = command[6:]
     assert argv[:3] == ["python", "-m", "repo2docker"]
     assert f"--engine={ENGINE_NAME}" in argv
     assert "--json-logs" in argv and "--no-run" in argv and "--push" in argv
