@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from binderbuild.errors import HubError, LaunchFailed, LaunchTimeout, QuotaExceeded
-from binderbuild.models import LaunchResult
+from binderbuild.models import LaunchRequest, LaunchResult
 from tests.hub.conftest import (
     NOTEBOOK_BASE_IMAGE,
     fake_request,
@@ -37,6 +37,31 @@ def wait_until(check: Any, timeout: float, what: str, interval: float = 0.25) ->
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+async def eventually(check: Any, timeout: float, what: str) -> None:
+    """wait_until in a thread, so that the launcher's tasks keep running."""
+    await asyncio.to_thread(wait_until, check, timeout, what)
+
+
+async def temporary_user_gone(hub: HubService, before: set[str]) -> None:
+    await eventually(lambda: set(hub.users()) <= before, 30, "the temporary user to go")
+
+
+def container_names(hub: HubService, docker_client: Any) -> set[str]:
+    return {c.name for c in hub.containers(docker_client)}
+
+
+async def launch_once(
+    hub: HubService, request: LaunchRequest, **options: Any
+) -> tuple[list[Any], Any]:
+    """One launch on a fresh launcher, closed after it (close() waits for the
+    launcher's own cleanup); returns what run_launch returns."""
+    launcher = make_launcher(hub, **options)
+    try:
+        return await run_launch(launcher, request)
+    finally:
+        await launcher.close()
+
+
 def status_of(url: str, headers: dict[str, str] | None = None) -> int:
     req = urllib.request.Request(url, headers=headers or {})
     try:
@@ -49,7 +74,7 @@ def status_of(url: str, headers: dict[str, str] | None = None) -> int:
 def test_spawner_refuses_image_outside_prefix(hub: HubService, docker_client: Any) -> None:
     # Straight through the hub's API, as any holder of a service token could.
     name = f"refused-{int(time.time() * 1000) % 10**8}"
-    containers_before = {c.name for c in hub.containers(docker_client)}
+    containers_before = container_names(hub, docker_client)
     assert hub.api("POST", f"users/{name}")[0] == 201
     status, _ = hub.api(
         "POST", f"users/{name}/server", {"image": NOTEBOOK_BASE_IMAGE, "token": "x" * 40}
@@ -69,25 +94,19 @@ def test_spawner_refuses_image_outside_prefix(hub: HubService, docker_client: An
     assert "is not allowed on this hub" in text, text
     assert "bbtest-local-" in text
     # Refused before any container was made.
-    assert {c.name for c in hub.containers(docker_client)} == containers_before
+    assert container_names(hub, docker_client) == containers_before
     hub.delete_user(name)
 
 
 @run_async
 async def test_launcher_reports_refusal_and_cleans_up(hub: HubService, docker_client: Any) -> None:
     before = set(hub.users())
-    launcher = make_launcher(hub)
-    try:
-        messages, outcome = await run_launch(launcher, fake_request(NOTEBOOK_BASE_IMAGE))
-    finally:
-        await launcher.close()
+    _, outcome = await launch_once(hub, fake_request(NOTEBOOK_BASE_IMAGE))
     assert isinstance(outcome, LaunchFailed), outcome
     assert "is not allowed on this hub" in outcome.message
     assert "Launch attempt" not in outcome.message
     # close() waited for the cleanup: the temporary user is gone again.
-    await asyncio.to_thread(
-        wait_until, lambda: set(hub.users()) <= before, 30, "the temporary user to go"
-    )
+    await temporary_user_gone(hub, before)
 
 
 @run_async
@@ -100,24 +119,17 @@ async def test_spawn_failure_reports_the_servers_reason(
         "broken",
     )
     before = set(hub.users())
-    containers_before = {c.name for c in hub.containers(docker_client)}
-    launcher = make_launcher(hub)
-    try:
-        messages, outcome = await run_launch(launcher, fake_request(image))
-    finally:
-        await launcher.close()
+    containers_before = container_names(hub, docker_client)
+    messages, outcome = await launch_once(hub, fake_request(image))
     assert isinstance(outcome, LaunchFailed), outcome
     assert "exited with status 3" in outcome.message, outcome.message
     assert "cannot-start-42" in outcome.message, outcome.message
     # The spawner's own progress reached the client as launching events.
     assert any("Starting a container" in m.message for m in messages), messages
-    await asyncio.to_thread(
-        wait_until, lambda: set(hub.users()) <= before, 30, "the temporary user to go"
-    )
+    await temporary_user_gone(hub, before)
     # The crashed server's container (kept for its exit status) is gone too.
-    await asyncio.to_thread(
-        wait_until,
-        lambda: {c.name for c in hub.containers(docker_client)} <= containers_before,
+    await eventually(
+        lambda: container_names(hub, docker_client) <= containers_before,
         30,
         "the crashed container to be removed",
     )
@@ -125,11 +137,7 @@ async def test_spawn_failure_reports_the_servers_reason(
 
 @run_async
 async def test_missing_image_reports_the_reason(hub: HubService) -> None:
-    launcher = make_launcher(hub)
-    try:
-        _, outcome = await run_launch(launcher, fake_request("bbtest-local-does-not-exist:nope"))
-    finally:
-        await launcher.close()
+    _, outcome = await launch_once(hub, fake_request("bbtest-local-does-not-exist:nope"))
     assert isinstance(outcome, LaunchFailed), outcome
     assert "is not on this Docker engine" in outcome.message, outcome.message
 
@@ -150,8 +158,7 @@ async def test_client_leaving_mid_launch_leaves_nothing(
         assert len(started) == 1, started
     finally:
         await launch.aclose()  # the client went away
-    await asyncio.to_thread(
-        wait_until,
+    await eventually(
         lambda: (
             set(hub.users()) <= users_before
             and len(hub.containers(docker_client)) == containers_before
@@ -200,8 +207,7 @@ async def test_hub_stopped_during_launch(
     # and nothing of the launch is left on the engine.
     await asyncio.to_thread(hub.start)
     try:
-        await asyncio.to_thread(
-            wait_until,
+        await eventually(
             lambda: not hub.users() and not hub.containers(docker_client),
             40,
             "no temporary user and no container",
@@ -241,15 +247,10 @@ async def test_idle_culler_removes_idle_servers_and_users(
     start_hub: Any, plain_image: str, docker_client: Any
 ) -> None:
     hub: HubService = await asyncio.to_thread(start_hub, cull_timeout=4, cull_every=1)
-    launcher = make_launcher(hub)
-    try:
-        _, result = await run_launch(launcher, fake_request(plain_image))
-    finally:
-        await launcher.close()
+    _, result = await launch_once(hub, fake_request(plain_image))
     assert isinstance(result, LaunchResult), result
     assert result.user in hub.users()
-    await asyncio.to_thread(
-        wait_until,
+    await eventually(
         lambda: result.user not in hub.users() and not hub.containers(docker_client),
         60,
         "the culler to stop the idle server and delete its temporary user",

@@ -15,10 +15,11 @@ import json
 import os
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import pytest
 
@@ -33,7 +34,8 @@ from tests.realservices import (
     make_repo,
 )
 
-pytestmark = pytest.mark.docker
+# Every test needs the Docker engine (docker_ready fails them clearly if not).
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_ready")]
 
 BUILD_TIMEOUT = 300
 
@@ -130,20 +132,33 @@ def docker_ready() -> None:
     docker_available()
 
 
+class _Server(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+ServerT = TypeVar("ServerT", bound=_Server)
+
+
+@contextmanager
+def serving(server: ServerT) -> Iterator[ServerT]:
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def git_server(tmp_path: Path) -> Iterator[GitServer]:
-    server = GitServer(tmp_path / "git")
-    server.start()
-    yield server
-    server.stop()
+    with serving(GitServer(tmp_path / "git")) as server:
+        yield server
 
 
 @pytest.fixture
 def registry(tmp_path: Path) -> Iterator[RegistryServer]:
-    server = RegistryServer(tmp_path / "registry")
-    server.start()
-    yield server
-    server.stop()
+    with serving(RegistryServer(tmp_path / "registry")) as server:
+        yield server
 
 
 @pytest.fixture
@@ -164,24 +179,78 @@ def built_images() -> Iterator[list[str]]:
         client.close()
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+@dataclass
+class Repo:
+    """A repository on the test's git server, and the image names for it."""
+
+    name: str
+    sha: str
+    git_url: str
+    http_url: str
+
+    @property
+    def repository(self) -> str:
+        return f"binderbuild-test/{self.name}"
+
+    @property
+    def tag(self) -> str:
+        return self.sha[:12]
+
+    def image(self, registry: RegistryServer | None = None) -> str:
+        """The image to build: in `registry` when given, else local only."""
+        local = f"{self.repository}:{self.tag}"
+        return f"{registry.host}/{local}" if registry is not None else local
 
 
-def test_build_and_push(
-    docker_ready: None,
-    tmp_path: Path,
-    git_server: GitServer,
-    registry: RegistryServer,
-    built_images: list[str],
-) -> None:
-    name = unique("ok")
-    sha = make_repo(git_server.root, name, dockerfile_repo_files(name))
-    repository = f"binderbuild-test/{name}"
-    image = f"{registry.host}/{repository}:{sha[:12]}"
-    built_images.append(image)
+class R2d:
+    """Makes fixture repositories and runs repo2docker on them, recording
+    every image name so that `built_images` removes it afterwards."""
 
-    run = run_repo2docker(tmp_path, repo_url=git_server.git_url(name), ref=sha, image_name=image)
+    def __init__(self, tmp_path: Path, git_server: GitServer, built_images: list[str]) -> None:
+        self.tmp_path = tmp_path
+        self.git_server = git_server
+        self.built_images = built_images
+
+    def repo(
+        self, prefix: str, files: Callable[[str], dict[str, str]] = dockerfile_repo_files
+    ) -> Repo:
+        """A new repository whose files are made from its (unique) name."""
+        name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        sha = make_repo(self.git_server.root, name, files(name))
+        return Repo(name, sha, self.git_server.git_url(name), self.git_server.http_url(name))
+
+    def build(
+        self,
+        repo: Repo,
+        image: str,
+        *,
+        repo_url: str | None = None,
+        ref: str | None = None,
+        push: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> R2dRun:
+        """repo2docker on `repo` (over git://, at its commit unless told)."""
+        self.built_images.append(image)
+        return run_repo2docker(
+            self.tmp_path,
+            repo_url=repo_url or repo.git_url,
+            ref=ref or repo.sha,
+            image_name=image,
+            push=push,
+            env=env,
+        )
+
+
+@pytest.fixture
+def r2d(tmp_path: Path, git_server: GitServer, built_images: list[str]) -> R2d:
+    return R2d(tmp_path, git_server, built_images)
+
+
+def test_build_and_push(r2d: R2d, registry: RegistryServer) -> None:
+    repo = r2d.repo("ok")
+    image = repo.image(registry)
+
+    run = r2d.build(repo, image)
 
     assert run.returncode == 0, run.text()
     assert run.records, "repo2docker printed no JSON log lines"
@@ -191,7 +260,7 @@ def test_build_and_push(
     assert any(m.startswith("Step 1/") and NOTEBOOK_BASE_IMAGE in m for m in run.messages)
     assert not [m for m in run.messages if m == "\n"], "lone newline records"
     assert run.messages[-1] == f"Successfully pushed {image}\n"
-    assert registry.manifest_status(repository, sha[:12]) == 200
+    assert registry.manifest_status(repo.repository, repo.tag) == 200
     # The image is also in dockerd, with repo2docker's labels.
     import docker
 
@@ -200,95 +269,56 @@ def test_build_and_push(
         labels = client.images.get(image).labels
     finally:
         client.close()
-    assert labels["repo2docker.ref"] == sha
-    assert labels["repo2docker.repo"] == git_server.git_url(name)
+    assert labels["repo2docker.ref"] == repo.sha
+    assert labels["repo2docker.repo"] == repo.git_url
 
 
-def test_build_from_smart_http(
-    docker_ready: None,
-    tmp_path: Path,
-    git_server: GitServer,
-    built_images: list[str],
-) -> None:
-    name = unique("http")
-    sha = make_repo(git_server.root, name, dockerfile_repo_files(name))
-    image = f"binderbuild-test/{name}:{sha[:12]}"
-    built_images.append(image)
+def test_build_from_smart_http(r2d: R2d) -> None:
+    repo = r2d.repo("http")
+    image = repo.image()
 
-    run = run_repo2docker(
-        tmp_path, repo_url=git_server.http_url(name), ref="main", image_name=image, push=False
-    )
+    run = r2d.build(repo, image, repo_url=repo.http_url, ref="main", push=False)
 
     assert run.returncode == 0, run.text()
     assert "pushing" not in run.phases()
     assert any(m.startswith(f"Successfully tagged {image}") for m in run.messages), run.text()
 
 
-def test_failing_dockerfile(
-    docker_ready: None,
-    tmp_path: Path,
-    git_server: GitServer,
-    registry: RegistryServer,
-    built_images: list[str],
-) -> None:
-    name = unique("fail")
-    sha = make_repo(git_server.root, name, dockerfile_repo_files(name, fail=True))
-    repository = f"binderbuild-test/{name}"
-    image = f"{registry.host}/{repository}:{sha[:12]}"
-    built_images.append(image)
+def test_failing_dockerfile(r2d: R2d, registry: RegistryServer) -> None:
+    repo = r2d.repo("fail", lambda name: dockerfile_repo_files(name, fail=True))
 
-    run = run_repo2docker(tmp_path, repo_url=git_server.git_url(name), ref=sha, image_name=image)
+    run = r2d.build(repo, repo.image(registry))
 
     assert run.returncode != 0, run.text()
     # The step's own output, which only exists if the step ran and its
     # output was streamed into the log.
-    assert any(f"{FAILURE_MESSAGE} {name}" in m for m in run.messages), run.text()
+    assert any(f"{FAILURE_MESSAGE} {repo.name}" in m for m in run.messages), run.text()
     failed = [r for r in run.records if r.get("phase") == "failed"]
     assert failed and "returned a non-zero code" in str(failed[-1]["message"]), run.text()
     assert "pushing" not in run.phases()
-    assert registry.manifest_status(repository, sha[:12]) == 404
+    assert registry.manifest_status(repo.repository, repo.tag) == 404
 
 
-def test_push_with_registry_credentials(
-    docker_ready: None,
-    tmp_path: Path,
-    git_server: GitServer,
-    built_images: list[str],
-) -> None:
+def test_push_with_registry_credentials(r2d: R2d, tmp_path: Path) -> None:
     password = f"pw-{uuid.uuid4().hex}"
     user = f"builder{uuid.uuid4().hex[:6]}"
-    registry = RegistryServer(tmp_path / "auth-registry", htpasswd=(user, password))
-    registry.start()
-    try:
-        name = unique("auth")
-        sha = make_repo(git_server.root, name, dockerfile_repo_files(name))
-        repository = f"binderbuild-test/{name}"
-        image = f"{registry.host}/{repository}:{sha[:12]}"
-        built_images.append(image)
+    with serving(RegistryServer(tmp_path / "auth-registry", htpasswd=(user, password))) as registry:
+        repo = r2d.repo("auth")
+        image = repo.image(registry)
 
         # Without credentials the registry refuses the push.
-        denied = run_repo2docker(
-            tmp_path, repo_url=git_server.git_url(name), ref=sha, image_name=image
-        )
+        denied = r2d.build(repo, image)
         assert denied.returncode != 0, denied.text()
         assert "failed" in denied.phases(), denied.text()
-        assert registry.manifest_status(repository, sha[:12]) == 404
+        assert registry.manifest_status(repo.repository, repo.tag) == 404
 
         creds = json.dumps(registry.credentials)
-        run = run_repo2docker(
-            tmp_path,
-            repo_url=git_server.git_url(name),
-            ref=sha,
-            image_name=image,
-            env={"CONTAINER_ENGINE_REGISTRY_CREDENTIALS": creds},
-        )
+        run = r2d.build(repo, image, env={"CONTAINER_ENGINE_REGISTRY_CREDENTIALS": creds})
         assert run.returncode == 0, run.text()
-        assert registry.manifest_status(repository, sha[:12]) == 200
+        assert registry.manifest_status(repo.repository, repo.tag) == 200
         for text in (run.text(), denied.text()):
             assert password not in text
             assert user not in text
-    finally:
-        registry.stop()
 
 
 def _network_probe_files(marker: str, port: int) -> dict[str, str]:
@@ -320,46 +350,25 @@ def _network_probe_files(marker: str, port: int) -> dict[str, str]:
 
 @pytest.mark.parametrize("network,expected", [("none", "unreachable"), ("host", "reachable")])
 def test_build_network_knob(
-    docker_ready: None,
-    tmp_path: Path,
-    git_server: GitServer,
-    registry: RegistryServer,
-    built_images: list[str],
-    network: str,
-    expected: str,
+    r2d: R2d, registry: RegistryServer, network: str, expected: str
 ) -> None:
     # The registry stands in for any service on this machine's loopback
     # (hub, binderbuild): a build step must not reach it unless the
     # operator chose host networking.
-    name = unique(f"net-{network}")
-    sha = make_repo(git_server.root, name, _network_probe_files(name, registry.port))
-    image = f"binderbuild-test/{name}:{sha[:12]}"
-    built_images.append(image)
+    repo = r2d.repo(f"net-{network}", lambda name: _network_probe_files(name, registry.port))
 
-    run = run_repo2docker(
-        tmp_path,
-        repo_url=git_server.git_url(name),
-        ref=sha,
-        image_name=image,
-        push=False,
-        env={"BINDERBUILD_BUILD_NETWORK": network},
-    )
+    run = r2d.build(repo, repo.image(), push=False, env={"BINDERBUILD_BUILD_NETWORK": network})
 
     assert run.returncode == 0, run.text()
     assert f"netprobe-{expected}\n" in run.messages, run.text()
     assert any(f"build network: {network}" in m for m in run.messages)
 
 
-def test_bad_engine_setting_fails_cleanly(
-    docker_ready: None, tmp_path: Path, git_server: GitServer
-) -> None:
-    name = unique("badenv")
-    sha = make_repo(git_server.root, name, dockerfile_repo_files(name))
-    run = run_repo2docker(
-        tmp_path,
-        repo_url=git_server.git_url(name),
-        ref=sha,
-        image_name=f"binderbuild-test/{name}:x",
+def test_bad_engine_setting_fails_cleanly(r2d: R2d) -> None:
+    repo = r2d.repo("badenv")
+    run = r2d.build(
+        repo,
+        f"{repo.repository}:x",
         push=False,
         env={"BINDERBUILD_BUILD_MEMORY_LIMIT": "lots"},
     )
@@ -367,11 +376,8 @@ def test_bad_engine_setting_fails_cleanly(
     assert any("BINDERBUILD_BUILD_MEMORY_LIMIT" in m for m in run.messages), run.text()
 
 
-def test_build_memory_limit_knob(
-    docker_ready: None, tmp_path: Path, git_server: GitServer, built_images: list[str]
-) -> None:
-    name = unique("mem")
-    files = {
+def _memory_probe_files(name: str) -> dict[str, str]:
+    return {
         "Dockerfile": (
             f"FROM {NOTEBOOK_BASE_IMAGE}\n"
             "ARG NB_USER=jovyan\n"
@@ -382,18 +388,12 @@ def test_build_memory_limit_knob(
             f" || cat /sys/fs/cgroup/memory/memory.limit_in_bytes) {name}\n"
         )
     }
-    sha = make_repo(git_server.root, name, files)
-    image = f"binderbuild-test/{name}:{sha[:12]}"
-    built_images.append(image)
 
-    run = run_repo2docker(
-        tmp_path,
-        repo_url=git_server.git_url(name),
-        ref=sha,
-        image_name=image,
-        push=False,
-        env={"BINDERBUILD_BUILD_MEMORY_LIMIT": "96M"},
-    )
+
+def test_build_memory_limit_knob(r2d: R2d) -> None:
+    repo = r2d.repo("mem", _memory_probe_files)
+
+    run = r2d.build(repo, repo.image(), push=False, env={"BINDERBUILD_BUILD_MEMORY_LIMIT": "96M"})
 
     assert run.returncode == 0, run.text()
-    assert f"memlimit-{96 * 1024 * 1024} {name}\n" in run.messages, run.text()
+    assert f"memlimit-{96 * 1024 * 1024} {repo.name}\n" in run.messages, run.text()

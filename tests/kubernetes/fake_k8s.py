@@ -112,6 +112,10 @@ def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
     }
 
 
+def pod_not_found(name: str) -> FakeResponse:
+    return FakeResponse(404, status_body(404, "NotFound", f'pods "{name}" not found'))
+
+
 @dataclass
 class _Watch:
     namespace: str
@@ -213,14 +217,14 @@ class FakeCoreV1Api:
         self._record("read_namespaced_pod", (name, namespace), kwargs)
         pod = self.pods.get((namespace, name))
         if pod is None:
-            return FakeResponse(404, status_body(404, "NotFound", f'pods "{name}" not found'))
+            return pod_not_found(name)
         return FakeResponse(200, pod)
 
     async def delete_namespaced_pod(self, name: str, namespace: str, **kwargs: Any) -> FakeResponse:
         self._record("delete_namespaced_pod", (name, namespace), kwargs)
         pod = self.pods.get((namespace, name))
         if pod is None:
-            return FakeResponse(404, status_body(404, "NotFound", f'pods "{name}" not found'))
+            return pod_not_found(name)
         wanted = ((kwargs.get("body") or {}).get("preconditions") or {}).get("uid")
         if wanted and wanted != pod["metadata"]["uid"]:
             return FakeResponse(409, status_body(409, "Conflict", "Precondition failed: UID"))
@@ -276,7 +280,7 @@ class FakeCoreV1Api:
             return FakeResponse(forced, status_body(forced, "Forced", "forced by the test"))
         pod = self.pods.get((namespace, name))
         if pod is None:
-            return FakeResponse(404, status_body(404, "NotFound", f'pods "{name}" not found'))
+            return pod_not_found(name)
         state = self._container_state(pod)
         if "running" not in state and "terminated" not in state:
             return FakeResponse(

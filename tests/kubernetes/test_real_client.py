@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -182,120 +183,117 @@ def http_builder(kubeconfig: Path, **traits: Any) -> KubernetesBuilder:
     )
 
 
+def with_server(fake: FakeCoreV1Api, body: Callable[[LoopbackApiServer], Awaitable[None]]) -> None:
+    """Run one test body with a loopback API server up, stopping it after."""
+
+    async def main() -> None:
+        server = LoopbackApiServer(fake)
+        await server.start()
+        try:
+            await body(server)
+        finally:
+            await server.stop()
+
+    run(main())
+
+
 @pytest.fixture
 def fake() -> FakeCoreV1Api:
     return FakeCoreV1Api()
 
 
 def test_build_over_http_with_the_real_client(fake, tmp_path):
-    async def body():
-        server = LoopbackApiServer(fake)
-        await server.start()
-        try:
-            builder = http_builder(server.kubeconfig(tmp_path / "kubeconfig"))
-            job = make_job()
-            name = job.image.build_name
-            collector = Collector(builder.build(job))
-            await until(lambda: ("ns", name) in fake.pods, what="pod created over HTTP")
-            fake.unschedulable(name, "0/1 nodes are available")
-            await until(lambda: any("0/1 nodes are available" in m for m in collector.messages))
-            fake.schedule(name)
-            fake.start(name)
-            await until(lambda: fake.log_streams, what="log followed over HTTP")
-            fake.log_json(name, "fetching", "Cloning...\n")
-            # Longer than aiohttp's 64 KiB line buffer. (Words, not one run of
-            # letters: Scrubber's URL pattern is quadratic on long runs.)
-            fake.log_json(name, "building", "word " * 40_000 + "\n")
-            fake.finish(name, 0)
-            await collector.done()
-            assert collector.error is None
-            phases = [e.phase for e in collector.events]
-            assert Phase.FETCHING in phases and Phase.BUILDING in phases
-            assert any(len(m) > 100_000 for m in collector.messages)
-            # What went over the wire.
-            (create,) = [r for r in server.requests if r[0] == "POST"]
-            assert create[3]["metadata"]["name"] == name
-            assert create[3]["spec"]["restartPolicy"] == "Never"
-            (delete,) = [r for r in server.requests if r[0] == "DELETE"]
-            assert delete[3]["preconditions"] == {"uid": fake.created_uids[0]}
-            watch = next(r for r in server.requests if r[2].get("watch") == "True")
-            assert watch[2]["labelSelector"] == (
-                "app.kubernetes.io/component=build,app.kubernetes.io/instance=bb,"
-                "app.kubernetes.io/name=binderbuild"
-            )
-            log = next(r for r in server.requests if r[1].endswith("/log"))
-            assert log[2]["follow"] == "True" and log[2]["timestamps"] == "True"
-            assert log[2]["container"] == "builder"
-            assert ("ns", name) not in fake.pods
-            await builder.close()
-        finally:
-            await server.stop()
+    async def body(server):
+        builder = http_builder(server.kubeconfig(tmp_path / "kubeconfig"))
+        job = make_job()
+        name = job.image.build_name
+        collector = Collector(builder.build(job))
+        await until(lambda: ("ns", name) in fake.pods, what="pod created over HTTP")
+        fake.unschedulable(name, "0/1 nodes are available")
+        await until(lambda: any("0/1 nodes are available" in m for m in collector.messages))
+        fake.schedule(name)
+        fake.start(name)
+        await until(lambda: fake.log_streams, what="log followed over HTTP")
+        fake.log_json(name, "fetching", "Cloning...\n")
+        # Longer than aiohttp's 64 KiB line buffer. (Words, not one run of
+        # letters: Scrubber's URL pattern is quadratic on long runs.)
+        fake.log_json(name, "building", "word " * 40_000 + "\n")
+        fake.finish(name, 0)
+        await collector.done()
+        assert collector.error is None
+        phases = [e.phase for e in collector.events]
+        assert Phase.FETCHING in phases and Phase.BUILDING in phases
+        assert any(len(m) > 100_000 for m in collector.messages)
+        # What went over the wire.
+        (create,) = [r for r in server.requests if r[0] == "POST"]
+        assert create[3]["metadata"]["name"] == name
+        assert create[3]["spec"]["restartPolicy"] == "Never"
+        (delete,) = [r for r in server.requests if r[0] == "DELETE"]
+        assert delete[3]["preconditions"] == {"uid": fake.created_uids[0]}
+        watch = next(r for r in server.requests if r[2].get("watch") == "True")
+        assert watch[2]["labelSelector"] == (
+            "app.kubernetes.io/component=build,app.kubernetes.io/instance=bb,"
+            "app.kubernetes.io/name=binderbuild"
+        )
+        log = next(r for r in server.requests if r[1].endswith("/log"))
+        assert log[2]["follow"] == "True" and log[2]["timestamps"] == "True"
+        assert log[2]["container"] == "builder"
+        assert ("ns", name) not in fake.pods
+        await builder.close()
 
-    run(body())
+    with_server(fake, body)
 
 
 def test_attach_resume_and_failure_over_http(fake, tmp_path):
-    async def body():
-        server = LoopbackApiServer(fake)
-        await server.start()
-        try:
-            kubeconfig = server.kubeconfig(tmp_path / "kubeconfig")
-            first, second = http_builder(kubeconfig), http_builder(kubeconfig)
-            job = make_job()
-            name = job.image.build_name
-            a = Collector(first.build(job))
-            await until(lambda: ("ns", name) in fake.pods)
-            fake.start(name)
-            await until(lambda: len(fake.log_streams) == 1)
-            fake.log(name, "one", "two")
-            b = Collector(second.build(job))  # 409 over HTTP: attach
-            await until(lambda: len(fake.log_streams) == 2)
-            await until(lambda: "two\n" in a.messages and "two\n" in b.messages)
-            assert fake.break_logs(name) == 2  # both connections dropped mid-stream
-            fake.log(name, "three")
-            await until(lambda: len(fake.log_streams) == 2, timeout=10, what="both resumed")
-            fake.log_json(name, "failed", "Step 3 failed\n")
-            fake.finish(name, 1)
-            await a.done()
-            await b.done()
-            for c in (a, b):
-                assert isinstance(c.error, BuildFailed)
-                assert str(c.error) == "The build exited with code 1: Step 3 failed"
-                lines = [m for m in c.messages if m in ("one\n", "two\n", "three\n")]
-                assert lines == ["one\n", "two\n", "three\n"]
-            await first.close()
-            await second.close()
-        finally:
-            await server.stop()
+    async def body(server):
+        kubeconfig = server.kubeconfig(tmp_path / "kubeconfig")
+        first, second = http_builder(kubeconfig), http_builder(kubeconfig)
+        job = make_job()
+        name = job.image.build_name
+        a = Collector(first.build(job))
+        await until(lambda: ("ns", name) in fake.pods)
+        fake.start(name)
+        await until(lambda: len(fake.log_streams) == 1)
+        fake.log(name, "one", "two")
+        b = Collector(second.build(job))  # 409 over HTTP: attach
+        await until(lambda: len(fake.log_streams) == 2)
+        await until(lambda: "two\n" in a.messages and "two\n" in b.messages)
+        assert fake.break_logs(name) == 2  # both connections dropped mid-stream
+        fake.log(name, "three")
+        await until(lambda: len(fake.log_streams) == 2, timeout=10, what="both resumed")
+        fake.log_json(name, "failed", "Step 3 failed\n")
+        fake.finish(name, 1)
+        await a.done()
+        await b.done()
+        for c in (a, b):
+            assert isinstance(c.error, BuildFailed)
+            assert str(c.error) == "The build exited with code 1: Step 3 failed"
+            lines = [m for m in c.messages if m in ("one\n", "two\n", "three\n")]
+            assert lines == ["one\n", "two\n", "three\n"]
+        await first.close()
+        await second.close()
 
-    run(body())
+    with_server(fake, body)
 
 
 def test_quota_cache_over_http(fake, tmp_path):
-    async def body():
-        server = LoopbackApiServer(fake)
-        await server.start()
-        try:
-            fake.add_pod(
-                {
-                    "metadata": {
-                        "name": "jupyter-a",
-                        "labels": {"component": "singleuser-server"},
-                        "annotations": {"binderbuild/repo-url": "https://github.com/o/r"},
-                    },
-                    "spec": {"containers": [{"name": "notebook"}]},
-                    "status": {"phase": "Running"},
-                }
-            )
-            cache = PodCountCache(
-                kubeconfig=str(server.kubeconfig(tmp_path / "kc")), namespace="ns"
-            )
-            await cache.start()
-            assert cache.count() == 1 and cache.count("https://github.com/o/r") == 1
-            fake.remove("jupyter-a")
-            await until(lambda: cache.count() == 0)
-            await cache.close()
-        finally:
-            await server.stop()
+    async def body(server):
+        fake.add_pod(
+            {
+                "metadata": {
+                    "name": "jupyter-a",
+                    "labels": {"component": "singleuser-server"},
+                    "annotations": {"binderbuild/repo-url": "https://github.com/o/r"},
+                },
+                "spec": {"containers": [{"name": "notebook"}]},
+                "status": {"phase": "Running"},
+            }
+        )
+        cache = PodCountCache(kubeconfig=str(server.kubeconfig(tmp_path / "kc")), namespace="ns")
+        await cache.start()
+        assert cache.count() == 1 and cache.count("https://github.com/o/r") == 1
+        fake.remove("jupyter-a")
+        await until(lambda: cache.count() == 0)
+        await cache.close()
 
-    run(body())
+    with_server(fake, body)

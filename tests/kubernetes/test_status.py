@@ -36,6 +36,14 @@ def pod(phase="Running", *, state=None, reason=None, message=None, conditions=No
     }
 
 
+def waiting(reason: str, message: str | None = None) -> dict:
+    """A pending pod whose builder container waits for `reason`."""
+    state: dict = {"reason": reason}
+    if message is not None:
+        state["message"] = message
+    return pod("Pending", state={"waiting": state})
+
+
 def test_outcome_from_phase_or_container():
     assert st.outcome(pod("Pending")) is None
     assert st.outcome(pod("Running", state={"running": {}})) is None
@@ -79,36 +87,20 @@ def test_exit_code():
 
 
 def test_image_pull_failures_are_fatal_while_pending():
-    backoff = pod(
-        "Pending",
-        state={
-            "waiting": {
-                "reason": "ImagePullBackOff",
-                "message": 'Back-off pulling image "reg/builder:1"',
-            }
-        },
-    )
+    backoff = waiting("ImagePullBackOff", 'Back-off pulling image "reg/builder:1"')
     assert st.pending_problem(backoff) == (
         'Cannot pull the builder image reg/builder:1 (ImagePullBackOff): Back-off pulling image "reg/builder:1"'
     )
     assert st.failure_reason(backoff).startswith("Cannot pull the builder image reg/builder:1")
     # The first failed pull may be transient: not fatal yet.
-    first = pod("Pending", state={"waiting": {"reason": "ErrImagePull"}})
+    first = waiting("ErrImagePull")
     assert st.pending_problem(first) is None
-    creating = pod("Pending", state={"waiting": {"reason": "ContainerCreating"}})
+    creating = waiting("ContainerCreating")
     assert st.pending_problem(creating) is None
 
 
 def test_missing_secret_is_fatal():
-    p = pod(
-        "Pending",
-        state={
-            "waiting": {
-                "reason": "CreateContainerConfigError",
-                "message": 'secret "push" not found',
-            }
-        },
-    )
+    p = waiting("CreateContainerConfigError", 'secret "push" not found')
     assert st.pending_problem(p) == (
         'The build pod cannot start (CreateContainerConfigError): secret "push" not found'
     )

@@ -33,12 +33,17 @@ pytestmark = [pytest.mark.hub, pytest.mark.docker]
 PREFIX = "bbops-hub-"
 
 
-@pytest.fixture(scope="module")
-def ops_hub(module_dir: Path, docker_client) -> Iterator[HubService]:
+def start_hub(workdir: Path, **options) -> HubService:
+    """A started hub for this module's images; fails the test if it cannot start."""
     try:
-        hub = HubService(module_dir / "hub", [PREFIX]).start()
+        return HubService(workdir, [PREFIX], **options).start()
     except HubUnavailable as exc:
         pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def ops_hub(module_dir: Path, docker_client) -> Iterator[HubService]:
+    hub = start_hub(module_dir / "hub")
     yield hub
     hub.stop()
     hub.remove_containers(docker_client)
@@ -54,6 +59,26 @@ def hub_service_config(hub: HubService, extra: str = "") -> str:
         "c.HubLauncher.retries = 1\n"
         "c.BinderBuild.json_logs = True\n" + hub.binderbuild_config() + extra
     )
+
+
+def service_with_events(
+    module_services: Callable[..., BinderBuildService],
+    events_path: Path,
+    hub: HubService,
+    extra: str = "",
+) -> BinderBuildService:
+    """A module-lived service on `hub` that writes its launch events to `events_path`."""
+    return module_services(
+        hub_service_config(hub, extra + f"c.EventLog.sinks = ['file:{events_path}']\n")
+    )
+
+
+def read_events_file(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def checks_by_service(health: dict) -> dict[str, dict]:
+    return {c["service"]: c for c in health["checks"]}
 
 
 @dataclass
@@ -74,9 +99,7 @@ def launched(
     git_server: GitServer,
 ) -> Launched:
     events_path = module_dir / "hub-events.jsonl"
-    service = module_services(
-        hub_service_config(ops_hub, f"c.EventLog.sinks = ['file:{events_path}']\n")
-    )
+    service = service_with_events(module_services, events_path, ops_hub)
     repo = new_repo(git_server)
     before = scrape(service)
     result = read_events(build_url(service, repo.spec("main")), timeout=600)
@@ -98,14 +121,21 @@ def test_launch_is_measured(launched: Launched) -> None:
     assert value(b, "binderbuild_launch_running_launches") == 0
     assert delta(a, b, "binderbuild_build_finished_total", status="success", provider="git") == 1
     # The launcher's calls to the hub are attributed to the hub.
-    assert delta(
-        a, b, "binderbuild_upstream_request_duration_seconds_count",
-        service="hub", provider="", code="2xx",
-    ) >= 2
+    assert (
+        delta(
+            a,
+            b,
+            "binderbuild_upstream_request_duration_seconds_count",
+            service="hub",
+            provider="",
+            code="2xx",
+        )
+        >= 2
+    )
 
 
 def test_launch_event(launched: Launched) -> None:
-    events = [json.loads(x) for x in launched.events_path.read_text().splitlines()]
+    events = read_events_file(launched.events_path)
     ours = [e for e in events if e["ref"] == launched.repo.sha]
     assert len(ours) == 1
     event = ours[0]
@@ -138,12 +168,8 @@ def test_auth_enabled_accepts_a_real_hub_user_token(
     launched: Launched,
 ) -> None:
     events_path = module_dir / "auth-events.jsonl"
-    service = module_services(
-        hub_service_config(
-            ops_hub,
-            "c.BinderBuild.auth_enabled = True\n"
-            f"c.EventLog.sinks = ['file:{events_path}']\n",
-        )
+    service = service_with_events(
+        module_services, events_path, ops_hub, "c.BinderBuild.auth_enabled = True\n"
     )
     user = f"opsuser-{secrets.token_hex(3)}"
     status, _ = ops_hub.api("POST", f"users/{user}")
@@ -161,7 +187,7 @@ def test_auth_enabled_accepts_a_real_hub_user_token(
         as_user = read_events(url, headers={"Authorization": f"token {user_token}"})
         assert as_user.status == 200, as_user.body
         assert as_user.final["phase"] == "ready"
-        events = [json.loads(x) for x in events_path.read_text().splitlines()]
+        events = read_events_file(events_path)
         assert [e["authenticated"] for e in events] == [True]
         # The user's token is no more logged than the service's.
         assert user_token not in service.log()
@@ -182,21 +208,17 @@ def test_browser_logs_in_through_the_hub_and_then_builds(
     then /build with the login cookie."""
     port = free_port()
     callback = f"http://127.0.0.1:{port}/oauth_callback"
-    try:
-        hub = HubService(
-            module_dir / "oauth-hub",
-            [PREFIX],
-            auth_enabled=True,
-            extra=(
-                "c.JupyterHub.authenticator_class = 'dummy'\n"
-                "c.JupyterHub.services[0].update(oauth_client_id='service-binder', "
-                f"oauth_redirect_uri={callback!r}, oauth_no_confirm=True)\n"
-                "c.JupyterHub.load_roles.append("
-                "{'name': 'user', 'scopes': ['self', 'access:services']})\n"
-            ),
-        ).start()
-    except HubUnavailable as exc:
-        pytest.fail(str(exc), pytrace=False)
+    hub = start_hub(
+        module_dir / "oauth-hub",
+        auth_enabled=True,
+        extra=(
+            "c.JupyterHub.authenticator_class = 'dummy'\n"
+            "c.JupyterHub.services[0].update(oauth_client_id='service-binder', "
+            f"oauth_redirect_uri={callback!r}, oauth_no_confirm=True)\n"
+            "c.JupyterHub.load_roles.append("
+            "{'name': 'user', 'scopes': ['self', 'access:services']})\n"
+        ),
+    )
     service = BinderBuildService(
         module_dir / "oauth-bb",
         hub_service_config(
@@ -228,17 +250,14 @@ def test_browser_logs_in_through_the_hub_and_then_builds(
         assert any(c.name == "service-binder" for c in jar), [c.name for c in jar]
 
         # The login cookie authenticates /build.
-        request = urllib.request.Request(
-            build_url(service, launched.repo.spec("main"), build_only="true"),
-            headers={"Accept": "text/event-stream"},
-        )
+        build_only = build_url(service, launched.repo.spec("main"), build_only="true")
+        request = urllib.request.Request(build_only, headers={"Accept": "text/event-stream"})
         with browser.open(request, timeout=120) as resp:
             assert resp.status == 200
             body = resp.read().decode()
         assert '"phase": "ready"' in body or '"phase":"ready"' in body, body[-500:]
         # Without the cookie it is refused.
-        anonymous = http(build_url(service, launched.repo.spec("main"), build_only="true"),
-                         headers={"Accept": "text/event-stream"})
+        anonymous = http(build_only, headers={"Accept": "text/event-stream"})
         assert anonymous.status == 403
         assert any(user in line for line in service.log().splitlines())
     finally:
@@ -263,13 +282,13 @@ def test_health_follows_a_hub_outage_and_failed_launches_are_counted(
 ) -> None:
     service = launched.service
     healthy = wait_for_health(service, 200)
-    hub_check = {c["service"]: c for c in healthy["checks"]}["hub"]
+    hub_check = checks_by_service(healthy)["hub"]
     assert hub_check["ok"] is True and hub_check["required"] is True
 
     ops_hub.stop()
     try:
         down = wait_for_health(service, 503, timeout=15)
-        checks = {c["service"]: c for c in down["checks"]}
+        checks = checks_by_service(down)
         assert checks["hub"]["ok"] is False
         assert checks["build-backend"]["ok"] is True
         assert http(f"{service.url}/versions").status == 200
@@ -279,11 +298,14 @@ def test_health_follows_a_hub_outage_and_failed_launches_are_counted(
         result = read_events(build_url(service, launched.repo.spec("main")), timeout=120)
         assert result.final["phase"] == "failed", result.events[-3:]
         after = scrape(service)
-        assert delta(
-            before, after, "binderbuild_launch_finished_total", status="failure", provider="git"
-        ) == 1
+        assert (
+            delta(
+                before, after, "binderbuild_launch_finished_total", status="failure", provider="git"
+            )
+            == 1
+        )
         assert value(after, "binderbuild_launch_running_launches") == 0
     finally:
         ops_hub.start()
     back = wait_for_health(service, 200, timeout=30)
-    assert {c["service"]: c for c in back["checks"]}["hub"]["ok"] is True
+    assert checks_by_service(back)["hub"]["ok"] is True

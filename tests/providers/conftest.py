@@ -22,6 +22,9 @@ import pytest
 from binderbuild.netsafety import IPAddress
 from binderbuild.providers.recording import ReplayHttpClient
 
+# The shared assertions there should explain their failures like a test's own.
+pytest.register_assert_rewrite("tests.providers.helpers")
+
 RECORDINGS = Path(__file__).resolve().parent.parent / "fixtures" / "recordings"
 # Any global unicast address: nothing is ever sent to it (replay only).
 PUBLIC_ADDRESS = "93.184.215.14"

@@ -10,6 +10,7 @@ import pytest
 from binderbuild.errors import ProviderError, ProviderRateLimited, RefNotFound, SpecError, UnsafeURL
 from binderbuild.providers.ckan import CKANProvider
 from binderbuild.providers.swhid import SwhidProvider
+from tests.providers.helpers import assert_ref, expect_errors, expect_parse_error
 
 DATASET = "https://demo.ckan.org/dataset/sample-dataset-1"
 LATEST_ACTIVITY = "6f7a8b9c-0d1e-4f2a-8b3c-4d5e6f7a8b9c"
@@ -25,14 +26,16 @@ def q(url: str) -> str:
 
 async def test_ckan_latest_is_pinned_to_its_activity(make_provider, resolver) -> None:
     provider = make_provider(CKANProvider, "ckan/datasets")
-    ref = await provider.resolve(q(DATASET))
-    assert ref.resolved_ref == LATEST_ACTIVITY
     pinned = f"{DATASET}?activity_id={LATEST_ACTIVITY}"
-    assert ref.repo_url == pinned
-    assert ref.resolved_spec == q(pinned)
-    assert ref.content_provider == "ckan"
-    assert ref.slug_source == DATASET
-    assert not ref.immutable_ref
+    assert_ref(
+        await provider.resolve(q(DATASET)),
+        resolved_ref=LATEST_ACTIVITY,
+        repo_url=pinned,
+        resolved_spec=q(pinned),
+        content_provider="ckan",
+        slug_source=DATASET,
+        immutable_ref=False,
+    )
     assert resolver.asked == ["demo.ckan.org", "demo.ckan.org"]
 
 
@@ -45,10 +48,12 @@ async def test_ckan_latest_is_pinned_to_its_activity(make_provider, resolver) ->
 )
 async def test_ckan_history_version_is_immutable(make_provider, url: str) -> None:
     provider = make_provider(CKANProvider, "ckan/datasets")
-    ref = await provider.resolve(q(url))
-    assert ref.resolved_ref == OLD_ACTIVITY
-    assert ref.repo_url == f"{DATASET}?activity_id={OLD_ACTIVITY}"
-    assert ref.immutable_ref
+    assert_ref(
+        await provider.resolve(q(url)),
+        resolved_ref=OLD_ACTIVITY,
+        repo_url=f"{DATASET}?activity_id={OLD_ACTIVITY}",
+        immutable_ref=True,
+    )
 
 
 async def test_ckan_unencoded_spec_is_accepted(make_provider) -> None:
@@ -58,25 +63,29 @@ async def test_ckan_unencoded_spec_is_accepted(make_provider) -> None:
 
 async def test_ckan_site_under_prefix_without_activity_plugin(make_provider) -> None:
     provider = make_provider(CKANProvider, "ckan/datasets")
-    ref = await provider.resolve(q("https://data.example.org/catalog/dataset/rainfall"))
-    # 2024-02-29T12:30:45.678901 UTC
-    assert ref.resolved_ref == "v1709209845"
-    assert ref.repo_url == "https://data.example.org/catalog/dataset/rainfall"
-    assert not ref.immutable_ref
+    assert_ref(
+        await provider.resolve(q("https://data.example.org/catalog/dataset/rainfall")),
+        resolved_ref="v1709209845",  # 2024-02-29T12:30:45.678901 UTC
+        repo_url="https://data.example.org/catalog/dataset/rainfall",
+        immutable_ref=False,
+    )
 
 
 async def test_ckan_not_found_private_and_foreign_activity(make_provider) -> None:
     provider = make_provider(CKANProvider, "ckan/datasets")
-    with pytest.raises(RefNotFound, match="no-such-dataset was not found"):
-        await provider.resolve(q("https://demo.ckan.org/dataset/no-such-dataset"))
-    with pytest.raises(RefNotFound, match="private-dataset"):
-        await provider.resolve(q("https://demo.ckan.org/dataset/private-dataset"))
-    with pytest.raises(RefNotFound, match="does not belong"):
-        await provider.resolve(q(f"{DATASET}/history/99999999-9999-4999-8999-999999999999"))
-    with pytest.raises(RefNotFound, match="Activity .* was not found"):
-        await provider.resolve(q(f"{DATASET}?activity_id=abcdef00-0000-4000-8000-000000000000"))
-    with pytest.raises(ProviderError, match="could not be reached"):
-        await provider.resolve(q("https://demo.ckan.org/dataset/slow-dataset"))
+    demo = "https://demo.ckan.org/dataset"
+    foreign = "99999999-9999-4999-8999-999999999999"
+    unknown = "abcdef00-0000-4000-8000-000000000000"
+    await expect_errors(
+        provider,
+        [
+            (q(f"{demo}/no-such-dataset"), RefNotFound, "no-such-dataset was not found"),
+            (q(f"{demo}/private-dataset"), RefNotFound, "private-dataset"),
+            (q(f"{DATASET}/history/{foreign}"), RefNotFound, "does not belong"),
+            (q(f"{DATASET}?activity_id={unknown}"), RefNotFound, "Activity .* was not found"),
+            (q(f"{demo}/slow-dataset"), ProviderError, "could not be reached"),
+        ],
+    )
 
 
 async def test_ckan_non_ckan_site(make_provider) -> None:
@@ -99,8 +108,7 @@ async def test_ckan_non_ckan_site(make_provider) -> None:
     ],
 )
 def test_ckan_malformed_specs(url: str, error: type, message: str) -> None:
-    with pytest.raises(error, match=message):
-        CKANProvider().parse(q(url))
+    expect_parse_error(CKANProvider(), q(url), error, message)
 
 
 @pytest.mark.parametrize(
@@ -164,12 +172,15 @@ REL = "208f61cc7a5dbc9879ae6e5c2f95891e270f09ef"
 
 async def test_swh_directory(make_provider) -> None:
     provider = make_provider(SwhidProvider, "swh/objects")
-    ref = await provider.resolve(f"swh:1:dir:{DIR}")
-    assert ref.resolved_ref == DIR
-    assert ref.repo_url == ref.resolved_spec == f"swh:1:dir:{DIR}"
-    assert ref.ref_url == f"https://archive.softwareheritage.org/browse/directory/{DIR}/"
-    assert ref.content_provider == "swhid"
-    assert ref.immutable_ref
+    assert_ref(
+        await provider.resolve(f"swh:1:dir:{DIR}"),
+        resolved_ref=DIR,
+        repo_url=f"swh:1:dir:{DIR}",
+        resolved_spec=f"swh:1:dir:{DIR}",
+        ref_url=f"https://archive.softwareheritage.org/browse/directory/{DIR}/",
+        content_provider="swhid",
+        immutable_ref=True,
+    )
 
 
 async def test_swh_revision_with_qualifiers_and_release(make_provider) -> None:
@@ -185,10 +196,13 @@ async def test_swh_revision_with_qualifiers_and_release(make_provider) -> None:
 
 async def test_swh_errors(make_provider) -> None:
     provider = make_provider(SwhidProvider, "swh/objects")
-    with pytest.raises(RefNotFound, match="not in the Software Heritage archive"):
-        await provider.resolve("swh:1:dir:" + "0" * 40)
-    with pytest.raises(ProviderRateLimited, match="Try again in 30 minutes"):
-        await provider.resolve("swh:1:dir:" + "1" * 40)
+    await expect_errors(
+        provider,
+        [
+            ("swh:1:dir:" + "0" * 40, RefNotFound, "not in the Software Heritage archive"),
+            ("swh:1:dir:" + "1" * 40, ProviderRateLimited, "Try again in 30 minutes"),
+        ],
+    )
 
 
 @pytest.mark.parametrize(
@@ -202,5 +216,4 @@ async def test_swh_errors(make_provider) -> None:
     ],
 )
 def test_swh_malformed(spec: str, message: str) -> None:
-    with pytest.raises(SpecError, match=message):
-        SwhidProvider().parse(spec)
+    expect_parse_error(SwhidProvider(), spec, SpecError, message)

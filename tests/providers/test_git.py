@@ -13,6 +13,7 @@ import pytest
 from binderbuild.errors import ProviderError, RefNotFound, SpecError, UnsafeURL
 from binderbuild.netsafety import parse_networks
 from binderbuild.providers.git import GitRepoProvider
+from tests.providers.helpers import expect_parse_error
 from tests.realservices import GitServer, add_commit, bare_repo_path, free_port, make_repo
 
 LOOPBACK = parse_networks(["127.0.0.0/8"])
@@ -137,8 +138,7 @@ async def test_loopback_needs_the_operator_allow_list(git_server: GitServer, rep
     ],
 )
 def test_hostile_urls(url: str, error: type, message: str) -> None:
-    with pytest.raises(error, match=message):
-        GitRepoProvider().parse(spec(url, "main"))
+    expect_parse_error(GitRepoProvider(), spec(url, "main"), error, message)
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from binderbuild.errors import (
 from binderbuild.providers.github import GitHubRepoProvider
 from binderbuild.providers.recording import ReplayHttpClient
 from tests.providers.conftest import recording
+from tests.providers.helpers import assert_ref, expect_errors, expect_parse_error
 
 SHA = "4c2f86e9b0b1a0a5e1f3c0d2b7a9e8f6d5c4b3a2"
 
@@ -37,8 +38,7 @@ SHA = "4c2f86e9b0b1a0a5e1f3c0d2b7a9e8f6d5c4b3a2"
     ],
 )
 def test_malformed_specs(spec: str, message: str) -> None:
-    with pytest.raises(SpecError, match=message):
-        GitHubRepoProvider().parse(spec)
+    expect_parse_error(GitHubRepoProvider(), spec, SpecError, message)
 
 
 def test_parse_defaults_and_strips_git_suffix() -> None:
@@ -51,14 +51,16 @@ def test_parse_defaults_and_strips_git_suffix() -> None:
 
 async def test_resolve_branch(make_provider) -> None:
     provider = make_provider(GitHubRepoProvider, "github/ref-branch")
-    ref = await provider.resolve("binder-examples/requirements/HEAD")
-    assert ref.resolved_ref == SHA
-    assert ref.resolved_spec == f"binder-examples/requirements/{SHA}"
-    assert ref.repo_url == "https://github.com/binder-examples/requirements"
-    assert ref.ref_url == f"https://github.com/binder-examples/requirements/tree/{SHA}"
-    assert ref.content_provider == "git"
-    assert ref.slug_source == "github.com/binder-examples/requirements"
-    assert not ref.immutable_ref
+    assert_ref(
+        await provider.resolve("binder-examples/requirements/HEAD"),
+        resolved_ref=SHA,
+        resolved_spec=f"binder-examples/requirements/{SHA}",
+        repo_url="https://github.com/binder-examples/requirements",
+        ref_url=f"https://github.com/binder-examples/requirements/tree/{SHA}",
+        content_provider="git",
+        slug_source="github.com/binder-examples/requirements",
+        immutable_ref=False,
+    )
     sent = provider.http.requests[0]
     assert sent.headers["Accept"] == "application/vnd.github.sha"
     assert sent.follow_redirects is False
@@ -108,36 +110,42 @@ async def test_full_sha_is_immutable_and_tags_with_slashes(make_provider) -> Non
 
 async def test_unknown_ref_repo_and_blocked(make_provider) -> None:
     provider = make_provider(GitHubRepoProvider, "github/not-found")
-    with pytest.raises(RefNotFound, match="no-such-branch"):
-        await provider.resolve("binder-examples/requirements/no-such-branch")
-    with pytest.raises(RefNotFound, match="does-not-exist"):
-        await provider.resolve("binder-examples/does-not-exist/HEAD")
-    with pytest.raises(Forbidden, match="Repository access blocked"):
-        await provider.resolve("dmca-takedown/blocked-repo/HEAD")
+    await expect_errors(
+        provider,
+        [
+            ("binder-examples/requirements/no-such-branch", RefNotFound, "no-such-branch"),
+            ("binder-examples/does-not-exist/HEAD", RefNotFound, "does-not-exist"),
+            ("dmca-takedown/blocked-repo/HEAD", Forbidden, "Repository access blocked"),
+        ],
+    )
 
 
 async def test_rate_limited_says_when_to_retry(make_provider) -> None:
     provider = make_provider(GitHubRepoProvider, "github/rate-limited")
-    with pytest.raises(ProviderRateLimited) as primary:
-        await provider.resolve("binder-examples/requirements/HEAD")
-    assert "GitHub rate limit exceeded. Try again in 25 minutes." == primary.value.message
-    assert 1490 <= primary.value.retry_after <= 1500
-    with pytest.raises(ProviderRateLimited) as secondary:
-        await provider.resolve("binder-examples/conda/HEAD")
-    assert secondary.value.retry_after == 90
-    assert "Try again in 2 minutes" in secondary.value.message
+    primary, secondary = await expect_errors(
+        provider,
+        [
+            ("binder-examples/requirements/HEAD", ProviderRateLimited, None),
+            ("binder-examples/conda/HEAD", ProviderRateLimited, None),
+        ],
+    )
+    assert "GitHub rate limit exceeded. Try again in 25 minutes." == primary.message
+    assert 1490 <= primary.retry_after <= 1500
+    assert secondary.retry_after == 90
+    assert "Try again in 2 minutes" in secondary.message
 
 
 async def test_outages_are_provider_errors(make_provider) -> None:
     provider = make_provider(GitHubRepoProvider, "github/outages")
-    with pytest.raises(ProviderError, match=r"HTTP 502"):
-        await provider.resolve("binder-examples/requirements/HEAD")
-    with pytest.raises(ProviderError, match=r"HTTP 503"):
-        await provider.resolve("binder-examples/conda/HEAD")
-    with pytest.raises(ProviderError, match="could not be reached.*Timeout"):
-        await provider.resolve("binder-examples/julia-python/HEAD")
-    with pytest.raises(ProviderError, match="unexpected answer"):
-        await provider.resolve("binder-examples/r/HEAD")
+    await expect_errors(
+        provider,
+        [
+            ("binder-examples/requirements/HEAD", ProviderError, r"HTTP 502"),
+            ("binder-examples/conda/HEAD", ProviderError, r"HTTP 503"),
+            ("binder-examples/julia-python/HEAD", ProviderError, "could not be reached.*Timeout"),
+            ("binder-examples/r/HEAD", ProviderError, "unexpected answer"),
+        ],
+    )
 
 
 async def test_renamed_repository_redirect_is_followed(make_provider) -> None:
@@ -152,12 +160,14 @@ async def test_renamed_repository_redirect_is_followed(make_provider) -> None:
 
 async def test_hostile_redirects(make_provider) -> None:
     provider = make_provider(GitHubRepoProvider, "github/renamed-and-enterprise")
-    with pytest.raises(UnsafeURL, match="169.254.169.254"):
-        await provider.resolve("evil/redirect/main")
-    with pytest.raises(ProviderError, match="redirected more than 5 times"):
-        await provider.resolve("evil/loop/main")
-    with pytest.raises(UnsafeURL, match="file URL"):
-        await provider.resolve("evil/scheme/main")
+    await expect_errors(
+        provider,
+        [
+            ("evil/redirect/main", UnsafeURL, "169.254.169.254"),
+            ("evil/loop/main", ProviderError, "redirected more than 5 times"),
+            ("evil/scheme/main", UnsafeURL, "file URL"),
+        ],
+    )
 
 
 async def test_enterprise_api_base(make_provider) -> None:

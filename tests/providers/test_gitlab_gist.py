@@ -16,6 +16,7 @@ from binderbuild.errors import (
 )
 from binderbuild.providers.gist import GistRepoProvider
 from binderbuild.providers.gitlab import GitLabRepoProvider
+from tests.providers.helpers import assert_ref, expect_errors, expect_parse_error
 
 FOSS_SHA = "b0f5a1c2d3e4f5061728394a5b6c7d8e9f0a1b2c"
 GIST = "8f2c1d7a6b5e4f3a2b1c0d9e8f7a6b5c"
@@ -39,40 +40,44 @@ GIST_FIRST = "1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b"
     ],
 )
 def test_gitlab_malformed_specs(spec: str, error: type, message: str) -> None:
-    with pytest.raises(error, match=message):
-        GitLabRepoProvider().parse(spec)
+    expect_parse_error(GitLabRepoProvider(), spec, error, message)
 
 
 async def test_gitlab_resolves_commit(make_provider) -> None:
     provider = make_provider(GitLabRepoProvider, "gitlab/commits")
-    ref = await provider.resolve("gitlab-org%2Fgitlab-foss/master")
-    assert ref.resolved_ref == FOSS_SHA
-    assert ref.resolved_spec == f"gitlab-org%2Fgitlab-foss/{FOSS_SHA}"
-    assert ref.repo_url == "https://gitlab.com/gitlab-org/gitlab-foss.git"
-    assert ref.ref_url == f"https://gitlab.com/gitlab-org/gitlab-foss/-/tree/{FOSS_SHA}"
-    assert ref.slug_source == "gitlab.com/gitlab-org/gitlab-foss"
-    assert not ref.immutable_ref
+    assert_ref(
+        await provider.resolve("gitlab-org%2Fgitlab-foss/master"),
+        resolved_ref=FOSS_SHA,
+        resolved_spec=f"gitlab-org%2Fgitlab-foss/{FOSS_SHA}",
+        repo_url="https://gitlab.com/gitlab-org/gitlab-foss.git",
+        ref_url=f"https://gitlab.com/gitlab-org/gitlab-foss/-/tree/{FOSS_SHA}",
+        slug_source="gitlab.com/gitlab-org/gitlab-foss",
+        immutable_ref=False,
+    )
     assert provider.rate_limit[:2] == (497, 500)
 
 
 async def test_gitlab_nested_groups_and_ref_with_slash(make_provider) -> None:
     provider = make_provider(GitLabRepoProvider, "gitlab/commits")
-    ref = await provider.resolve("group%2Fsubgroup%2Fproject/feature/new-plots")
-    assert ref.resolved_ref == "c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0"
-    assert ref.repo_url == "https://gitlab.com/group/subgroup/project.git"
+    assert_ref(
+        await provider.resolve("group%2Fsubgroup%2Fproject/feature/new-plots"),
+        resolved_ref="c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0",
+        repo_url="https://gitlab.com/group/subgroup/project.git",
+    )
 
 
 async def test_gitlab_not_found_rate_limit_and_outage(make_provider) -> None:
     provider = make_provider(GitLabRepoProvider, "gitlab/commits")
-    with pytest.raises(RefNotFound, match="no-such-branch"):
-        await provider.resolve("gitlab-org%2Fgitlab-foss/no-such-branch")
-    with pytest.raises(RefNotFound, match="nobody/nothing"):
-        await provider.resolve("nobody%2Fnothing/HEAD")
-    with pytest.raises(ProviderRateLimited, match="Try again in 4 minutes") as limited:
-        await provider.resolve("busy%2Fproject/HEAD")
-    assert limited.value.retry_after == 240
-    with pytest.raises(ProviderError, match="HTTP 500"):
-        await provider.resolve("down%2Fproject/HEAD")
+    errors = await expect_errors(
+        provider,
+        [
+            ("gitlab-org%2Fgitlab-foss/no-such-branch", RefNotFound, "no-such-branch"),
+            ("nobody%2Fnothing/HEAD", RefNotFound, "nobody/nothing"),
+            ("busy%2Fproject/HEAD", ProviderRateLimited, "Try again in 4 minutes"),
+            ("down%2Fproject/HEAD", ProviderError, "HTTP 500"),
+        ],
+    )
+    assert errors[2].retry_after == 240
 
 
 async def test_gitlab_tokens(make_provider) -> None:
@@ -151,19 +156,20 @@ async def test_gitlab_user_named_internal_host_is_refused(make_provider) -> None
     ],
 )
 def test_gist_malformed_specs(spec: str, message: str) -> None:
-    with pytest.raises(SpecError, match=message):
-        GistRepoProvider().parse(spec)
+    expect_parse_error(GistRepoProvider(), spec, SpecError, message)
 
 
 @pytest.mark.parametrize("ref", ["", "/HEAD", "/master", "/main"])
 async def test_gist_latest(make_provider, ref: str) -> None:
     provider = make_provider(GistRepoProvider, "gist/gists")
-    resolved = await provider.resolve(f"Carreau/{GIST}{ref}")
-    assert resolved.resolved_ref == GIST_LATEST
-    assert resolved.repo_url == f"https://gist.github.com/{GIST}.git"
-    assert resolved.ref_url == f"https://gist.github.com/Carreau/{GIST}/{GIST_LATEST}"
-    assert resolved.resolved_spec == f"Carreau/{GIST}/{GIST_LATEST}"
-    assert not resolved.immutable_ref
+    assert_ref(
+        await provider.resolve(f"Carreau/{GIST}{ref}"),
+        resolved_ref=GIST_LATEST,
+        repo_url=f"https://gist.github.com/{GIST}.git",
+        ref_url=f"https://gist.github.com/Carreau/{GIST}/{GIST_LATEST}",
+        resolved_spec=f"Carreau/{GIST}/{GIST_LATEST}",
+        immutable_ref=False,
+    )
 
 
 async def test_gist_revisions(make_provider) -> None:
@@ -178,12 +184,14 @@ async def test_gist_revisions(make_provider) -> None:
 
 async def test_gist_wrong_owner_secret_and_missing(make_provider) -> None:
     provider = make_provider(GistRepoProvider, "gist/gists")
-    with pytest.raises(RefNotFound, match="does not belong"):
-        await provider.resolve(f"someone-else/{GIST}")
-    with pytest.raises(Forbidden, match="secret gist"):
-        await provider.resolve("Carreau/0123456789abcdef0123456789abcdef")
-    with pytest.raises(RefNotFound):
-        await provider.resolve("Carreau/deadbeefdeadbeefdeadbeefdeadbeef")
+    await expect_errors(
+        provider,
+        [
+            (f"someone-else/{GIST}", RefNotFound, "does not belong"),
+            ("Carreau/0123456789abcdef0123456789abcdef", Forbidden, "secret gist"),
+            ("Carreau/deadbeefdeadbeefdeadbeefdeadbeef", RefNotFound, None),
+        ],
+    )
     allowed = make_provider(GistRepoProvider, "gist/gists", allow_secret_gist=True)
     secret = await allowed.resolve("Carreau/0123456789abcdef0123456789abcdef")
     assert secret.resolved_ref == "ffffeeeeddddccccbbbbaaaa9999888877776666"

@@ -17,6 +17,7 @@ from binderbuild.providers.doi import DoiProvider, normalize_doi
 from binderbuild.providers.figshare import FigshareProvider
 from binderbuild.providers.hydroshare import HydroshareProvider, modified_epoch
 from binderbuild.providers.zenodo import ZenodoProvider
+from tests.providers.helpers import assert_ref, expect_errors
 
 
 @pytest.mark.parametrize(
@@ -52,46 +53,52 @@ def test_normalize_doi(value: str, doi: str | None) -> None:
 )
 async def test_zenodo_spec_forms(make_provider, spec: str) -> None:
     provider = make_provider(ZenodoProvider, "zenodo/records")
-    ref = await provider.resolve(spec)
-    assert ref.resolved_ref == "3242074"
-    assert ref.resolved_spec == "10.5281/zenodo.3242074"
-    assert ref.repo_url == "https://zenodo.org/record/3242074"
-    assert ref.ref_url == "https://zenodo.org/records/3242074"
-    assert ref.content_provider == "zenodo"
-    assert ref.slug_source == "zenodo.org/zenodo/3242073"
-    assert ref.immutable_ref
+    assert_ref(
+        await provider.resolve(spec),
+        resolved_ref="3242074",
+        resolved_spec="10.5281/zenodo.3242074",
+        repo_url="https://zenodo.org/record/3242074",
+        ref_url="https://zenodo.org/records/3242074",
+        content_provider="zenodo",
+        slug_source="zenodo.org/zenodo/3242073",
+        immutable_ref=True,
+    )
     # The DOI's form names the record: doi.org is never asked.
     assert [r.url for r in provider.http.requests] == ["https://zenodo.org/api/records/3242074"]
 
 
 async def test_zenodo_concept_id_follows_to_latest_version(make_provider) -> None:
     provider = make_provider(ZenodoProvider, "zenodo/records")
-    ref = await provider.resolve("10.5281/zenodo.3242073")
-    assert ref.resolved_ref == "3242074"
-    assert ref.resolved_spec == "10.5281/zenodo.3242074"
-    assert not ref.immutable_ref  # a concept id moves with new versions
+    assert_ref(
+        await provider.resolve("10.5281/zenodo.3242073"),
+        resolved_ref="3242074",
+        resolved_spec="10.5281/zenodo.3242074",
+        immutable_ref=False,  # a concept id moves with new versions
+    )
 
 
 async def test_zenodo_sandbox(make_provider) -> None:
     provider = make_provider(ZenodoProvider, "zenodo/records")
-    ref = await provider.resolve("10.5072/zenodo.123456")
-    assert ref.repo_url == "https://sandbox.zenodo.org/record/123456"
-    assert ref.resolved_spec == "10.5072/zenodo.123456"
+    assert_ref(
+        await provider.resolve("10.5072/zenodo.123456"),
+        repo_url="https://sandbox.zenodo.org/record/123456",
+        resolved_spec="10.5072/zenodo.123456",
+    )
 
 
 async def test_zenodo_errors(make_provider) -> None:
     provider = make_provider(ZenodoProvider, "zenodo/records")
-    with pytest.raises(RefNotFound, match="has been deleted"):
-        await provider.resolve("10.5281/zenodo.1234567")
-    with pytest.raises(RefNotFound, match="does not exist"):
-        await provider.resolve("99999999")
-    with pytest.raises(Forbidden, match="restricted"):
-        await provider.resolve("7777777")
-    with pytest.raises(ProviderRateLimited, match="Zenodo rate limit exceeded") as limited:
-        await provider.resolve("5555555")
-    assert limited.value.retry_after == 30
-    with pytest.raises(ProviderError, match="could not be reached"):
-        await provider.resolve("6666666")
+    errors = await expect_errors(
+        provider,
+        [
+            ("10.5281/zenodo.1234567", RefNotFound, "has been deleted"),
+            ("99999999", RefNotFound, "does not exist"),
+            ("7777777", Forbidden, "restricted"),
+            ("5555555", ProviderRateLimited, "Zenodo rate limit exceeded"),
+            ("6666666", ProviderError, "could not be reached"),
+        ],
+    )
+    assert errors[3].retry_after == 30
 
 
 @pytest.mark.parametrize(
@@ -123,16 +130,15 @@ async def test_zenodo_bad_specs(make_provider, spec: str, message: str) -> None:
 )
 async def test_figshare_latest_version(make_provider, spec: str) -> None:
     provider = make_provider(FigshareProvider, "figshare/articles")
-    ref = await provider.resolve(spec)
-    assert ref.resolved_ref == "9782777.v3"
-    assert ref.resolved_spec == "10.6084/m9.figshare.9782777.v3"
-    assert ref.repo_url == "https://figshare.com/articles/_/9782777/3"
-    assert (
-        ref.ref_url
-        == "https://figshare.com/articles/software/Binder-ready_openSenseMap_Analysis/9782777/3"
+    assert_ref(
+        await provider.resolve(spec),
+        resolved_ref="9782777.v3",
+        resolved_spec="10.6084/m9.figshare.9782777.v3",
+        repo_url="https://figshare.com/articles/_/9782777/3",
+        ref_url="https://figshare.com/articles/software/Binder-ready_openSenseMap_Analysis/9782777/3",
+        content_provider="figshare",
+        immutable_ref=False,
     )
-    assert ref.content_provider == "figshare"
-    assert not ref.immutable_ref
 
 
 @pytest.mark.parametrize(
@@ -145,27 +151,31 @@ async def test_figshare_latest_version(make_provider, spec: str) -> None:
 )
 async def test_figshare_given_version_is_immutable(make_provider, spec: str) -> None:
     provider = make_provider(FigshareProvider, "figshare/articles")
-    ref = await provider.resolve(spec)
-    assert ref.resolved_ref == "9782777.v1"
-    assert ref.repo_url == "https://figshare.com/articles/_/9782777/1"
-    assert ref.immutable_ref
+    assert_ref(
+        await provider.resolve(spec),
+        resolved_ref="9782777.v1",
+        repo_url="https://figshare.com/articles/_/9782777/1",
+        immutable_ref=True,
+    )
 
 
 async def test_figshare_errors(make_provider) -> None:
     provider = make_provider(FigshareProvider, "figshare/articles")
-    with pytest.raises(RefNotFound, match="version 9 does not exist"):
-        await provider.resolve("10.6084/m9.figshare.9782777.v9")
-    with pytest.raises(RefNotFound, match="article 1 does not exist"):
-        await provider.resolve("1")
-    with pytest.raises(Forbidden, match="embargo"):
-        await provider.resolve("22222222")
-    with pytest.raises(ProviderError, match="HTTP 503"):
-        await provider.resolve("33333333")
-    with pytest.raises(SpecError):
-        await provider.resolve("https://example.org/articles/x/1")
+    await expect_errors(
+        provider,
+        [
+            ("10.6084/m9.figshare.9782777.v9", RefNotFound, "version 9 does not exist"),
+            ("1", RefNotFound, "article 1 does not exist"),
+            ("22222222", Forbidden, "embargo"),
+            ("33333333", ProviderError, "HTTP 503"),
+            ("https://example.org/articles/x/1", SpecError, None),
+        ],
+    )
 
 
 # --- Dataverse -------------------------------------------------------------------------
+
+DATASET_PAGE = "https://dataverse.harvard.edu/dataset.xhtml?persistentId=doi:10.7910/DVN/"
 
 
 @pytest.mark.parametrize(
@@ -180,56 +190,55 @@ async def test_figshare_errors(make_provider) -> None:
 )
 async def test_dataverse_dataset(make_provider, resolver, spec: str) -> None:
     provider = make_provider(DataverseProvider, "dataverse/datasets")
-    ref = await provider.resolve(spec)
-    assert ref.resolved_ref == "3035124.v3.0"
-    assert ref.resolved_spec == "doi:10.7910/DVN/TJCLKP"
-    assert (
-        ref.repo_url
-        == "https://dataverse.harvard.edu/dataset.xhtml?persistentId=doi:10.7910/DVN/TJCLKP"
+    assert_ref(
+        await provider.resolve(spec),
+        resolved_ref="3035124.v3.0",
+        resolved_spec="doi:10.7910/DVN/TJCLKP",
+        repo_url=f"{DATASET_PAGE}TJCLKP",
+        ref_url="https://doi.org/10.7910/DVN/TJCLKP",
+        content_provider="dataverse",
+        immutable_ref=False,
     )
-    assert ref.ref_url == "https://doi.org/10.7910/DVN/TJCLKP"
-    assert ref.content_provider == "dataverse"
-    assert not ref.immutable_ref
     # Dataverse hosts are checked against internal networks on every request.
     assert "dataverse.harvard.edu" in resolver.asked
 
 
 async def test_dataverse_file_doi_leads_to_its_dataset(make_provider) -> None:
     provider = make_provider(DataverseProvider, "dataverse/datasets")
-    ref = await provider.resolve("10.7910/DVN/6ZXAGT/3YRRYJ")
-    assert ref.resolved_ref == "3600000.v1.1"
-    assert ref.resolved_spec == "doi:10.7910/DVN/6ZXAGT"
+    assert_ref(
+        await provider.resolve("10.7910/DVN/6ZXAGT/3YRRYJ"),
+        resolved_ref="3600000.v1.1",
+        resolved_spec="doi:10.7910/DVN/6ZXAGT",
+    )
 
 
 async def test_dataverse_errors(make_provider) -> None:
     provider = make_provider(DataverseProvider, "dataverse/datasets")
-    with pytest.raises(RefNotFound, match="deaccessioned"):
-        await provider.resolve(
-            "https://dataverse.harvard.edu/dataset.xhtml?persistentId=doi:10.7910/DVN/GONE01"
-        )
-    with pytest.raises(RefNotFound, match="was not found"):
-        await provider.resolve(
-            "https://dataverse.harvard.edu/dataset.xhtml?persistentId=doi:10.7910/DVN/NOPE00"
-        )
-    with pytest.raises(RefNotFound, match="does not exist"):
-        await provider.resolve("10.7910/DVN/NOPE00")
-    with pytest.raises(SpecError, match="not a Dataverse record"):
-        await provider.resolve("10.1038/nphys1170")
-    with pytest.raises(ProviderError, match="HTTP 500"):
-        await provider.resolve(
-            "https://dataverse.harvard.edu/dataset.xhtml?persistentId=doi:10.7910/DVN/DOWN00"
-        )
+    await expect_errors(
+        provider,
+        [
+            (f"{DATASET_PAGE}GONE01", RefNotFound, "deaccessioned"),
+            (f"{DATASET_PAGE}NOPE00", RefNotFound, "was not found"),
+            ("10.7910/DVN/NOPE00", RefNotFound, "does not exist"),
+            ("10.1038/nphys1170", SpecError, "not a Dataverse record"),
+            (f"{DATASET_PAGE}DOWN00", ProviderError, "HTTP 500"),
+        ],
+    )
 
 
 async def test_dataverse_hosts_and_network_safety(make_provider) -> None:
+    page = "dataset.xhtml?persistentId=doi:10.1/x"
     provider = make_provider(DataverseProvider, "dataverse/datasets")
     with pytest.raises(SpecError, match="not a Dataverse installation served here"):
-        await provider.resolve("https://dv.example.com/dataset.xhtml?persistentId=doi:10.1/x")
+        await provider.resolve(f"https://dv.example.com/{page}")
     anywhere = make_provider(DataverseProvider, "dataverse/datasets", hosts=["*"])
-    with pytest.raises(UnsafeURL, match="internal address"):
-        await anywhere.resolve("https://internal.example/dataset.xhtml?persistentId=doi:10.1/x")
-    with pytest.raises(UnsafeURL, match="169.254.169.254"):
-        await anywhere.resolve("http://169.254.169.254/dataset.xhtml?persistentId=doi:10.1/x")
+    await expect_errors(
+        anywhere,
+        [
+            (f"https://internal.example/{page}", UnsafeURL, "internal address"),
+            (f"http://169.254.169.254/{page}", UnsafeURL, "169.254.169.254"),
+        ],
+    )
     assert anywhere.http.requests == []
 
 
@@ -250,38 +259,33 @@ RESOURCE = "b8f6eae9d89241cf8b5904033460af61"
 )
 async def test_hydroshare(make_provider, spec: str) -> None:
     provider = make_provider(HydroshareProvider, "hydroshare/resources")
-    ref = await provider.resolve(spec)
-    # 2021-08-03T09:15:02Z
-    assert ref.resolved_ref == f"{RESOURCE}.v1627982102"
-    assert ref.repo_url == f"https://www.hydroshare.org/resource/{RESOURCE}"
-    assert ref.resolved_spec == ref.repo_url
-    assert ref.content_provider == "hydroshare"
-    assert not ref.immutable_ref
+    page = f"https://www.hydroshare.org/resource/{RESOURCE}"
+    assert_ref(
+        await provider.resolve(spec),
+        resolved_ref=f"{RESOURCE}.v1627982102",  # 2021-08-03T09:15:02Z
+        repo_url=page,
+        resolved_spec=page,
+        content_provider="hydroshare",
+        immutable_ref=False,
+    )
 
 
 async def test_hydroshare_errors(make_provider) -> None:
     provider = make_provider(HydroshareProvider, "hydroshare/resources")
-    with pytest.raises(RefNotFound, match="does not exist"):
-        await provider.resolve("0" * 32)
-    with pytest.raises(RefNotFound, match="not public"):
-        await provider.resolve("1" * 32)
-    with pytest.raises(ProviderError, match="did not say when"):
-        await provider.resolve("2" * 32)
-    with pytest.raises(SpecError):
-        await provider.resolve("not-a-resource")
+    await expect_errors(
+        provider,
+        [
+            ("0" * 32, RefNotFound, "does not exist"),
+            ("1" * 32, RefNotFound, "not public"),
+            ("2" * 32, ProviderError, "did not say when"),
+            ("not-a-resource", SpecError, None),
+        ],
+    )
 
 
 def test_modified_epoch_formats() -> None:
-    assert (
-        modified_epoch([{"type": "modified", "start_date": "2021-08-03T09:15:02Z"}]) == 1627982102
-    )
-    assert (
-        modified_epoch([{"type": "modified", "start_date": "2021-08-03T09:15:02.5"}]) == 1627982102
-    )
-    assert (
-        modified_epoch([{"type": "modified", "start_date": "2021-08-03T11:15:02+02:00"}])
-        == 1627982102
-    )
+    for start in ("2021-08-03T09:15:02Z", "2021-08-03T09:15:02.5", "2021-08-03T11:15:02+02:00"):
+        assert modified_epoch([{"type": "modified", "start_date": start}]) == 1627982102, start
     assert modified_epoch([{"type": "created", "start_date": "2021-08-03"}]) is None
     assert modified_epoch("nonsense") is None
 
@@ -313,16 +317,19 @@ async def test_doi_prefix_dispatches_to_the_right_provider(make_provider) -> Non
 
 async def test_doi_prefix_errors(make_provider) -> None:
     provider = make_provider(DoiProvider, "doi/handles")
-    with pytest.raises(RefNotFound, match="does not exist"):
-        await provider.resolve("10.9999/does-not-exist")
-    with pytest.raises(
-        SpecError, match="www.nature.com.*not a record on Zenodo, Figshare, Dataverse, HydroShare"
-    ):
-        await provider.resolve("10.1038/nphys1170")
-    with pytest.raises(RefNotFound, match="does not point to a web page"):
-        await provider.resolve("10.1234/no-url")
-    with pytest.raises(ProviderError, match="doi.org is having trouble"):
-        await provider.resolve("10.5555/doi-org-down")
+    await expect_errors(
+        provider,
+        [
+            ("10.9999/does-not-exist", RefNotFound, "does not exist"),
+            (
+                "10.1038/nphys1170",
+                SpecError,
+                "www.nature.com.*not a record on Zenodo, Figshare, Dataverse, HydroShare",
+            ),
+            ("10.1234/no-url", RefNotFound, "does not point to a web page"),
+            ("10.5555/doi-org-down", ProviderError, "doi.org is having trouble"),
+        ],
+    )
     with pytest.raises(SpecError, match="is not a DOI"):
         provider.parse("zenodo.3242074")
 
