@@ -52,6 +52,8 @@ from binderbuild.registry import ImageStore, LocalImageStore, RegistryClient
 from binderbuild.secrets import Scrubber
 
 ROOT = Path(__file__).resolve().parent.parent
+# Largest request body accepted (POST /api/builds is a few hundred bytes).
+MAX_REQUEST_BODY = 1024 * 1024
 
 _BYTES = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
 
@@ -630,7 +632,15 @@ class BinderBuild(PageOptions, Application):
     async def serve(self) -> None:
         ctx = self.build_context()
         app = self.make_tornado_app(ctx)
-        server = HTTPServer(app, xheaders=False, idle_connection_timeout=3600)
+        # Tornado buffers a whole request body before any handler runs (100 MiB
+        # by default, per connection); the only body binderbuild reads is the
+        # small JSON of POST /api/builds, so larger ones are refused (400) early.
+        server = HTTPServer(
+            app,
+            xheaders=False,
+            idle_connection_timeout=3600,
+            max_body_size=MAX_REQUEST_BODY,
+        )
         server.listen(self.port, self.ip)
         self.log.info("binderbuild %s listening on http://%s:%s%s", __version__, self.ip, self.port, self.base_url)
         stop = asyncio.Event()

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.simple_httpclient import HTTPStreamClosedError
 
 from binderbuild.errors import UpstreamError
 
@@ -64,14 +65,35 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
+# Largest answer body kept in memory. Provider APIs are asked about hosts a
+# stranger names (CKAN sites, Dataverse installations, GitLab hosts), and
+# Tornado's default (100 MiB, per request, max_clients at a time) would let
+# such a host make the service buffer gigabytes. The APIs we call answer in
+# kilobytes; paginated hub and registry answers stay far below this too.
+DEFAULT_MAX_BODY_SIZE = 16 * 1024 * 1024
+
+
 class HttpClient:
     """Shared client; create once at startup, ``close()`` at shutdown."""
 
-    def __init__(self, user_agent: str = "binderbuild", max_clients: int = 64) -> None:
+    def __init__(
+        self,
+        user_agent: str = "binderbuild",
+        max_clients: int = 64,
+        max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+    ) -> None:
         self.user_agent = user_agent
+        self.max_body_size = max_body_size
         # force_instance: our own client, not Tornado's per-loop singleton that
         # other code (pytest-tornado's http_client) may close under us.
-        self._client = AsyncHTTPClient(force_instance=True, max_clients=max_clients)
+        # max_buffer_size bounds bodies without Content-Length or chunking
+        # (read until close), max_body_size the others.
+        self._client = AsyncHTTPClient(
+            force_instance=True,
+            max_clients=max_clients,
+            max_body_size=max_body_size,
+            max_buffer_size=max_body_size,
+        )
         self.observers: list[Callable[[HttpRequestSpec, HttpResponse], None]] = []
 
     async def request(
@@ -117,17 +139,21 @@ class HttpClient:
         )
         try:
             resp = await self._client.fetch(req, raise_error=False)
-        except HTTPClientError as exc:  # pragma: no cover - raise_error=False
+        except HTTPClientError as exc:  # raise_error=False: only transport failures
             resp = exc.response
             if resp is None:
-                raise TransportError(f"{redact_url(spec.url)}: {exc}") from None
+                raise TransportError(
+                    f"{redact_url(spec.url)}: {exc}{self._cut_hint(exc)}"
+                ) from None
         except Exception as exc:
             # Tornado raises OSError/TimeoutError/ssl errors for transport failures.
             raise TransportError(
-                f"{redact_url(spec.url)}: {type(exc).__name__}: {exc}"
+                f"{redact_url(spec.url)}: {type(exc).__name__}: {exc}{self._cut_hint(exc)}"
             ) from None
         if resp.code == 599:
-            raise TransportError(f"{redact_url(spec.url)}: {resp.error}")
+            raise TransportError(
+                f"{redact_url(spec.url)}: {resp.error}{self._cut_hint(resp.error)}"
+            )
         return HttpResponse(
             status=resp.code,
             headers=dict(resp.headers.get_all()),
@@ -135,6 +161,13 @@ class HttpClient:
             url=resp.effective_url,
             elapsed=resp.request_time or 0.0,
         )
+
+    def _cut_hint(self, exc: BaseException | None) -> str:
+        # Tornado drops a connection whose answer is over max_body_size and
+        # reports only "Connection closed"; say what may have happened.
+        if isinstance(exc, HTTPStreamClosedError):
+            return f" (answers over {self.max_body_size // (1024 * 1024)} MiB are not accepted)"
+        return ""
 
     async def stream(
         self,

@@ -37,9 +37,13 @@ LOGGERS = ("binderbuild", "tornado")
 
 _QUERY_TOKEN = re.compile(r"(?i)([?&;](?:(?:build_)?token|code)=)[^&\s;#\"']+")
 # user:password@ in a *percent-encoded* URL: git specs carry the clone URL
-# encoded in the request path, which the access log prints as is.
+# encoded in the request path, which the access log prints as is. The scheme
+# is bounded (URL schemes are short): unbounded, every letter after a "." or
+# "-" was a new start that scanned the rest of the run, and one 64 KB request
+# path ("a.a.a...") held the event loop for seconds while its access-log line
+# was scrubbed.
 _ENCODED_URL_CREDENTIALS = re.compile(
-    r"(?i)(\b[a-z][a-z0-9+.-]*%3A%2F%2F)[^/\s@%]*(?:%(?!40|2f)[0-9a-f]{2}[^/\s@%]*)*%40"
+    r"(?i)(\b[a-z][a-z0-9+.-]{0,31}%3A%2F%2F)[^/\s@%]*(?:%(?!40|2f)[0-9a-f]{2}[^/\s@%]*)*%40"
 )
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 

@@ -1,5 +1,8 @@
 """Per-client-IP rate limit of unauthenticated ``/build`` requests.
 
+IPv6 clients are counted per /64 (``ipv6_prefix_length``): a subscriber's
+whole network, from which they could otherwise take a new address per request.
+
 A sliding window: a request is admitted when fewer than ``limit`` requests
 from the same IP were admitted in the last ``period_seconds``. Unlike a fixed
 window (BinderHub's), a client cannot spend the whole limit at the end of one
@@ -20,6 +23,7 @@ more request becomes possible); over the limit the answer is 429.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from collections import deque
@@ -30,6 +34,7 @@ from typing import TYPE_CHECKING
 from traitlets import Integer
 from traitlets.config import LoggingConfigurable
 
+from binderbuild.clientip import parse_ip
 from binderbuild.errors import Forbidden, RateLimited
 from binderbuild.models import BuildRequest
 from binderbuild.tokens import BuildTokens
@@ -75,6 +80,13 @@ class RateLimiter(LoggingConfigurable):
         config=True,
         help="How often (seconds) counters of clients not seen for a whole period are dropped.",
     )
+    ipv6_prefix_length = Integer(
+        64,
+        config=True,
+        help="""IPv6 clients are counted per network of this prefix length, not per
+        address: one subscriber usually holds a whole /64 (2**64 addresses), so
+        per-address counting would let them pick a fresh address per request.""",
+    )
 
     def __init__(
         self,
@@ -91,6 +103,14 @@ class RateLimiter(LoggingConfigurable):
     @property
     def enabled(self) -> bool:
         return self.limit > 0
+
+    def key_for(self, client_ip: str) -> str:
+        """The counter a client's requests go to: its IPv4 address, or its IPv6 network."""
+        addr = parse_ip(client_ip)
+        if addr is None or addr.version == 4:
+            return str(addr) if addr is not None else client_ip
+        network = ipaddress.ip_network(f"{addr}/{self.ipv6_prefix_length}", strict=False)
+        return str(network)
 
     def _clean(self, now: float) -> None:
         self._last_clean = now
@@ -171,7 +191,7 @@ class RateLimitCheck:
             return
         if self._has_valid_token(handler, request):
             return
-        state = self.limiter.hit(request.client_ip)
+        state = self.limiter.hit(self.limiter.key_for(request.client_ip))
         for name, value in state.headers().items():
             handler.set_header(name, value)
         if not state.allowed:

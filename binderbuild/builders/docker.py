@@ -10,7 +10,10 @@ What a build can reach: the build steps run in containers on the network
 named by ``build_network`` (default ``none``) and never get the Docker socket;
 registry credentials are handed to the repo2docker process only (for the
 push), never to build steps; the service's own environment (hub token, etc.)
-is not inherited.
+is not inherited. What repo2docker itself fetches (the clone, its redirects
+and submodules, files of record providers) goes through a per-build
+``EgressProxy`` that refuses internal addresses, and git may use only the
+http, https and git transports (``r2d_command.git_fetch_config``).
 """
 
 from __future__ import annotations
@@ -19,20 +22,29 @@ import asyncio
 import contextlib
 import json
 import os
+import shlex
 import signal
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from traitlets import Dict, Float, Integer, List, Unicode
+from traitlets import Bool, Dict, Float, Integer, List, Unicode
 
 from binderbuild.builders.base import Builder
-from binderbuild.builders.r2d_command import repo2docker_argv, repo2docker_config_text
+from binderbuild.builders.r2d_command import (
+    add_git_config,
+    git_fetch_config,
+    repo2docker_argv,
+    repo2docker_config_text,
+)
+from binderbuild.egress import ENV_PROXY, EgressProxy
 from binderbuild.errors import BuildBackendError, BuildFailed
 from binderbuild.events import Phase, ProgressEvent, event
 from binderbuild.models import BuildJob
+from binderbuild.netsafety import IPNetwork, parse_networks
 from binderbuild.secrets import Scrubber
 
 _R2D_PHASES = {
@@ -96,6 +108,21 @@ class DockerBuilder(Builder):
     )
     user_id = Integer(1000, config=True, help="UID of the notebook user in built images.")
     user_name = Unicode("jovyan", config=True, help="Name of the notebook user in built images.")
+    egress_filter = Bool(
+        True,
+        config=True,
+        help="""Send everything repo2docker fetches (git clone, redirects, submodules,
+        files of Zenodo/CKAN/... records) through a per-build proxy that refuses
+        internal addresses (BinderBuild.allowed_internal_networks lists the allowed
+        ones). Turn off only when the machine's network already isolates builds.""",
+    )
+    egress_allowed_hosts = List(
+        Unicode(),
+        config=True,
+        help="""Host names builds may fetch from although they resolve to internal
+        addresses, e.g. an internal GitHub Enterprise set as GitHubRepoProvider.hostname.
+        Names, not networks: other hosts on the same network stay refused.""",
+    )
 
     def __init__(
         self,
@@ -105,6 +132,7 @@ class DockerBuilder(Builder):
         registry_credentials: Mapping[str, str] | None = None,
         docker_client: Any = None,
         scrubber: Scrubber | None = None,
+        allowed_internal_networks: Sequence[IPNetwork] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -113,8 +141,15 @@ class DockerBuilder(Builder):
         self.registry_credentials = dict(registry_credentials or {})
         self.docker_client = docker_client
         self.scrubber = scrubber or Scrubber()
+        if allowed_internal_networks is None:
+            # The same networks the providers may resolve into: the
+            # application's BinderBuild.allowed_internal_networks.
+            allowed_internal_networks = parse_networks(
+                getattr(self.parent, "allowed_internal_networks", None) or []
+            )
+        self.allowed_internal_networks = list(allowed_internal_networks)
 
-    def _env(self, job: BuildJob) -> dict[str, str]:
+    def _env(self, job: BuildJob, proxy: EgressProxy | None = None, workdir: str = "") -> dict[str, str]:
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "LANG": "C.UTF-8",
@@ -133,9 +168,63 @@ class DockerBuilder(Builder):
             env["CONTAINER_ENGINE_REGISTRY_CREDENTIALS"] = json.dumps(self.registry_credentials)
         env.update(self.extra_env)
         env.update(dict(job.extra_env))
+        if proxy is not None:
+            self._use_proxy(env, proxy, workdir)
+        add_git_config(env, git_fetch_config(proxy.url if proxy is not None else ""))
         return env
 
+    def _use_proxy(self, env: dict[str, str], proxy: EgressProxy, workdir: str) -> None:
+        """Route repo2docker's fetches through ``proxy`` (see binderbuild.egress)."""
+        for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+            env[name] = proxy.url
+        env.pop("ALL_PROXY", None)
+        env.pop("all_proxy", None)
+        # The Docker API over TCP must not be proxied (it is this machine's
+        # own daemon, which the filter would rightly refuse).
+        docker_host = env.get("DOCKER_HOST", "")
+        no_proxy = urlsplit(docker_host).hostname if docker_host.startswith("tcp://") else ""
+        env["no_proxy"] = env["NO_PROXY"] = no_proxy or ""
+        # git:// is not HTTP: git runs this command to connect, which tunnels
+        # through the proxy with CONNECT.
+        script = Path(workdir, "git-proxy")
+        script.write_text(
+            "#!/bin/sh\n"
+            f"exec {shlex.quote(self.repo2docker_python)} -m binderbuild.egress \"$@\"\n"
+        )
+        script.chmod(0o700)
+        env["GIT_PROXY_COMMAND"] = str(script)
+        env[ENV_PROXY] = proxy.address
+
     async def build(self, job: BuildJob) -> AsyncIterator[ProgressEvent]:
+        proxy: EgressProxy | None = None
+        if self.egress_filter:
+            proxy = EgressProxy(
+                self.allowed_internal_networks, allowed_hosts=self.egress_allowed_hosts
+            )
+            try:
+                await proxy.start()
+            except OSError as exc:
+                raise BuildBackendError(f"Could not start the build's egress proxy: {exc}") from None
+        try:
+            # aclosing: a consumer that stops early must stop repo2docker
+            # (the inner generator's finally) before the proxy goes away.
+            async with contextlib.aclosing(self._build(job, proxy)) as events:
+                async for ev in events:
+                    yield ev
+        except BuildFailed as exc:
+            if proxy is not None and proxy.refusals:
+                # The refusal is the reason a user can act on; git only says
+                # "could not read from remote repository".
+                raise type(exc)(
+                    f"{exc.message} (the build tried to fetch from an address it may not "
+                    f"reach: {proxy.refusals[0]})"
+                ) from None
+            raise
+        finally:
+            if proxy is not None:
+                await proxy.close()
+
+    async def _build(self, job: BuildJob, proxy: EgressProxy | None) -> AsyncIterator[ProgressEvent]:
         with tempfile.TemporaryDirectory(prefix="binderbuild-") as workdir:
             config_path = Path(workdir, "repo2docker_config.py")
             config_path.write_text(repo2docker_config_text(job.ref.content_provider))
@@ -150,7 +239,7 @@ class DockerBuilder(Builder):
                 user_name=self.user_name,
                 extra_args=self.extra_args,
             )
-            env = self._env(job)
+            env = self._env(job, proxy, workdir)
             env["HOME"] = workdir
             try:
                 proc = await asyncio.create_subprocess_exec(

@@ -32,6 +32,8 @@ from collections.abc import Sequence
 __all__ = [
     "ENGINE_NAME",
     "CONTENT_PROVIDER_CLASSES",
+    "add_git_config",
+    "git_fetch_config",
     "repo2docker_argv",
     "repo2docker_config_text",
 ]
@@ -160,3 +162,43 @@ def repo2docker_config_text(content_provider: str) -> str:
         f"c.Repo2Docker.content_providers = [{class_name}]\n"
         f"c.Repo2Docker.engine = {ENGINE_NAME!r}\n"
     )
+
+
+def git_fetch_config(proxy_url: str = "") -> list[tuple[str, str]]:
+    """git settings for repo2docker's clone of an untrusted repository.
+
+    Only http, https and git:// transports (submodules included): ``ssh``
+    would connect anywhere outside the egress proxy, ``file``/``ext``
+    would read or run things on this machine. With ``proxy_url`` every
+    HTTP(S) request goes through binderbuild's egress filter (set as
+    ``http.proxy`` too, so a system gitconfig cannot point elsewhere), which
+    checks every redirect hop; without it, redirects are not followed, since
+    a redirect could lead anywhere.
+    """
+    pairs = [
+        ("protocol.allow", "never"),
+        ("protocol.http.allow", "always"),
+        ("protocol.https.allow", "always"),
+        ("protocol.git.allow", "always"),
+    ]
+    if proxy_url:
+        pairs.append(("http.proxy", proxy_url))
+    else:
+        pairs.append(("http.followRedirects", "false"))
+    return pairs
+
+
+def add_git_config(env: dict[str, str], pairs: list[tuple[str, str]]) -> None:
+    """Append ``pairs`` to the ``GIT_CONFIG_COUNT``/``KEY_n``/``VALUE_n`` in ``env``.
+
+    Providers pass credential helpers the same way (``providers.credentials``);
+    both must survive, so ours are numbered after theirs.
+    """
+    try:
+        start = int(env.get("GIT_CONFIG_COUNT", "0") or "0")
+    except ValueError:
+        raise ValueError("GIT_CONFIG_COUNT in the build environment is not a number") from None
+    for offset, (key, value) in enumerate(pairs):
+        env[f"GIT_CONFIG_KEY_{start + offset}"] = key
+        env[f"GIT_CONFIG_VALUE_{start + offset}"] = value
+    env["GIT_CONFIG_COUNT"] = str(start + len(pairs))

@@ -37,6 +37,10 @@ engine):
     They are never passed to the build: build steps cannot see them. No log
     line this engine yields contains the password or username.
 
+Before anything reaches the daemon, the Dockerfile is checked
+(``dockerfile_policy``): ``ADD`` from a URL is downloaded by the daemon itself,
+outside the build network, so such Dockerfiles fail with a clear message.
+
 Build output is Docker's own event dicts (``string_output = False``), which
 repo2docker turns into its JSON log lines (written to *stderr*):
 ``{"stream": ...}`` events, re-cut into whole lines, are logged in the
@@ -51,6 +55,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tarfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -68,12 +73,17 @@ from repo2docker.engine import (
 from repo2docker.utils import R2dState
 from traitlets import TraitError, validate
 
+from binderbuild.builders.dockerfile_policy import DockerfilePolicyError, check_dockerfile
+
 ENV_BUILD_NETWORK = "BINDERBUILD_BUILD_NETWORK"
 ENV_BUILD_MEMORY_LIMIT = "BINDERBUILD_BUILD_MEMORY_LIMIT"
 ENV_DOCKER_HOST = "BINDERBUILD_DOCKER_HOST"
 ENV_REGISTRY_CREDENTIALS = "CONTAINER_ENGINE_REGISTRY_CREDENTIALS"
 
 DEFAULT_BUILD_NETWORK = "none"
+
+# Dockerfiles larger than this are refused rather than parsed.
+_MAX_DOCKERFILE = 1024 * 1024
 
 # A build step can be silent for a long time (compiling, downloading); the
 # docker SDK's default 60 s read timeout would abort such builds. The
@@ -135,6 +145,48 @@ def image_registry(image_spec: str) -> str:
     repository, _tag = parse_repository_tag(image_spec)
     registry, _name = resolve_repository_name(repository)
     return normalize_registry(registry)
+
+
+def _dockerfile_text(path: str, dockerfile: str, fileobj: Any, custom_context: bool) -> str:
+    """The Dockerfile a build() call would hand the daemon, for the policy check.
+
+    repo2docker passes either a directory (``path``, the repository, with
+    ``dockerfile`` relative to it) or a tar of the build context
+    (``fileobj`` with ``custom_context``); docker-py also accepts the
+    Dockerfile itself as ``fileobj``. Reading leaves ``fileobj`` where it was.
+    Unreadable input gives "" and the daemon reports the problem itself.
+    """
+    name = dockerfile or "Dockerfile"
+    if fileobj is not None:
+        start = fileobj.tell()
+        try:
+            if not custom_context:
+                data = fileobj.read(_MAX_DOCKERFILE + 1)
+            else:
+                with tarfile.open(fileobj=fileobj, mode="r:*") as tar:
+                    member = tar.extractfile(tar.getmember(name.removeprefix("./")))
+                    data = member.read(_MAX_DOCKERFILE + 1) if member is not None else b""
+        except (KeyError, tarfile.TarError):
+            data = b""
+        finally:
+            fileobj.seek(start)
+    else:
+        root = os.path.realpath(path or ".")
+        target = os.path.realpath(os.path.join(root, name))
+        if os.path.commonpath([root, target]) != root:
+            # A symlink out of the repository: the daemon cannot read it
+            # either, and we do not read the host's files for a stranger.
+            raise DockerfilePolicyError(f"{name} points outside the repository.")
+        try:
+            with open(target, "rb") as f:
+                data = f.read(_MAX_DOCKERFILE + 1)
+        except OSError:
+            data = b""
+    if isinstance(data, str):
+        data = data.encode()
+    if len(data) > _MAX_DOCKERFILE:
+        raise DockerfilePolicyError(f"{name} is larger than {_MAX_DOCKERFILE // 1024} KiB.")
+    return data.decode("utf-8", "replace")
 
 
 class _LineBuffer:
@@ -357,6 +409,12 @@ class DockerAPIEngine(ContainerEngine):
             build_kwargs["custom_context"] = custom_context
         else:
             build_kwargs["path"] = path
+
+        try:
+            check_dockerfile(_dockerfile_text(path, dockerfile, fileobj, custom_context))
+        except DockerfilePolicyError as e:
+            yield {"error": str(e)}
+            return
 
         # As a stream event, so it lands in the build log with the
         # "building" phase like the builder's own lines.

@@ -363,7 +363,7 @@ class BuildsHandler(ApiHandler):
             return self._respond(active, created=False)
         if force:
             self.api.claim_forced_rebuild(ref.provider_id, self.api.repo_of(ref))
-            build, created = pipeline.submit_build(ref, image)
+            build, created = pipeline.submit_build(ref, image, provider)
             if created:
                 build.forced = True
             return self._respond(build, created)
@@ -376,7 +376,7 @@ class BuildsHandler(ApiHandler):
         if active is not None:
             return self._respond(active, created=False)
         if not exists:
-            build, created = pipeline.submit_build(ref, image)
+            build, created = pipeline.submit_build(ref, image, provider)
             return self._respond(build, created)
         known = builds.latest_for(image.build_name)
         if known is not None and known.state is BuildState.SUCCEEDED:

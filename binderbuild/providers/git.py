@@ -13,8 +13,10 @@ so they are checked before any process starts:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
+import signal
 from urllib.parse import quote, unquote, urlsplit
 
 from traitlets import Float, List, Unicode
@@ -161,7 +163,12 @@ class GitRepoProvider(RepoProvider):
         try:
             out, err = await asyncio.wait_for(proc.communicate(), self.ls_remote_timeout)
         except TimeoutError:
-            proc.kill()
+            # Kill the whole process group: git leaves the talking to its
+            # transport helper (git-remote-http), which would otherwise live on
+            # with the connection and our stderr pipe, and proc.wait() (which
+            # waits for the pipes to close) would never return.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
             raise ProviderError(
                 f"Timed out after {self.ls_remote_timeout:g}s asking {redact_url(url)} for refs."
