@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -92,3 +93,18 @@ def registry_config(registry: RegistryServer) -> str:
         user, password = registry.htpasswd
         lines += [f"c.DockerRegistry.username = {user!r}", f"c.DockerRegistry.password = {password!r}"]
     return "\n".join(lines) + "\n"
+
+
+def wait_for_health(service: BinderBuildService, status: int, timeout: float = 20) -> Response:
+    """Poll /health until it answers ``status``; the last answer when it does."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = http(f"{service.url}/health")
+        if last.status == status:
+            return last
+        time.sleep(0.2)
+    raise AssertionError(
+        f"/health did not become {status} within {timeout}s; last: "
+        f"{last.status if last else None} {last.text if last else ''}"
+    )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ops.helpers import Response, http, registry_config
+from tests.ops.helpers import Response, http, registry_config, wait_for_health
 from tests.ops.relay import UnixSocketRelay
 from tests.realservices import RegistryServer
 from tests.service import BinderBuildService
@@ -18,20 +18,6 @@ from tests.service import BinderBuildService
 pytestmark = [pytest.mark.docker, pytest.mark.registry]
 
 TTL = 1.0  # health_check_ttl of the services here: outages show within seconds
-
-
-def wait_for_health(service: BinderBuildService, status: int, timeout: float = 20) -> Response:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = http(f"{service.url}/health")
-        if last.status == status:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(
-        f"/health did not become {status} within {timeout}s; last: "
-        f"{last.status if last else None} {last.text if last else ''}"
-    )
 
 
 def check(result: Response, name: str) -> dict:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import pytest
 
 from tests.conftest import FixtureRepo
 from tests.hubservice import HubService, HubUnavailable
-from tests.ops.helpers import Samples, build_url, http, new_repo, scrape, value
+from tests.ops.helpers import Samples, build_url, http, new_repo, scrape, value, wait_for_health
 from tests.realservices import GitServer, free_port
 from tests.service import BinderBuildService
 from tests.sse import SSEResult, read_events
@@ -266,28 +265,17 @@ def test_browser_logs_in_through_the_hub_and_then_builds(
         hub.remove_containers(docker_client)
 
 
-def wait_for_health(service: BinderBuildService, status: int, timeout: float = 20) -> dict:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = http(f"{service.url}/health")
-        if last.status == status:
-            return last.json()
-        time.sleep(0.2)
-    raise AssertionError(f"/health not {status} within {timeout}s: {last and last.text}")
-
-
 def test_health_follows_a_hub_outage_and_failed_launches_are_counted(
     launched: Launched, ops_hub: HubService
 ) -> None:
     service = launched.service
-    healthy = wait_for_health(service, 200)
+    healthy = wait_for_health(service, 200).json()
     hub_check = checks_by_service(healthy)["hub"]
     assert hub_check["ok"] is True and hub_check["required"] is True
 
     ops_hub.stop()
     try:
-        down = wait_for_health(service, 503, timeout=15)
+        down = wait_for_health(service, 503, timeout=15).json()
         checks = checks_by_service(down)
         assert checks["hub"]["ok"] is False
         assert checks["build-backend"]["ok"] is True
@@ -307,5 +295,5 @@ def test_health_follows_a_hub_outage_and_failed_launches_are_counted(
         assert value(after, "binderbuild_launch_running_launches") == 0
     finally:
         ops_hub.start()
-    back = wait_for_health(service, 200, timeout=30)
+    back = wait_for_health(service, 200, timeout=30).json()
     assert checks_by_service(back)["hub"]["ok"] is True
