@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
+from urllib.parse import unquote
 
 from traitlets import Dict, List, Unicode
 from traitlets.config import LoggingConfigurable
@@ -37,6 +38,18 @@ class ParsedSpec:
 def reject_control_chars(value: str, what: str) -> None:
     if _CONTROL.search(value):
         raise SpecError(f"The {what} contains control characters.")
+
+
+def split_encoded_spec(spec: str, usage: str) -> tuple[str, str]:
+    """Split ``{url-encoded repository}/{ref}`` into the decoded repository and
+    the decoded ref ('' when absent). The repository part is url-encoded, so the
+    first '/' separates it from the ref, which may contain '/'.
+    ``usage`` is the sentence shown when the spec has no '/' at all."""
+    reject_control_chars(spec, "spec")
+    if "/" not in spec:
+        raise SpecError(usage)
+    quoted_repo, quoted_ref = spec.split("/", 1)
+    return unquote(quoted_repo), unquote(quoted_ref)
 
 
 class RepoProvider(LoggingConfigurable):

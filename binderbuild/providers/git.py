@@ -17,7 +17,7 @@ import contextlib
 import os
 import re
 import signal
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, urlsplit
 
 from traitlets import Float, List, Unicode
 
@@ -25,7 +25,12 @@ from binderbuild.errors import ProviderError, RefNotFound, SpecError, UnsafeURL
 from binderbuild.http import redact_url
 from binderbuild.models import ResolvedRef
 from binderbuild.netsafety import check_url
-from binderbuild.providers.base import ParsedSpec, RepoProvider, reject_control_chars
+from binderbuild.providers.base import (
+    ParsedSpec,
+    RepoProvider,
+    reject_control_chars,
+    split_encoded_spec,
+)
 
 SHA1_OR_SHA256 = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 # Characters git forbids in ref names (git check-ref-format), plus whitespace.
@@ -96,15 +101,12 @@ class GitRepoProvider(RepoProvider):
     git_executable = Unicode("git", config=True, help="The git binary used for `ls-remote`.")
 
     def parse(self, spec: str) -> ParsedSpec:
-        reject_control_chars(spec, "spec")
-        if "/" not in spec:
-            raise SpecError(
-                "A git spec is {url-encoded repository URL}/{ref}, e.g. "
-                "https%3A%2F%2Fexample.org%2Frepo.git/HEAD"
-            )
-        quoted_url, quoted_ref = spec.split("/", 1)
-        url = unquote(quoted_url)
-        ref = unquote(quoted_ref) or self.default_ref
+        url, ref = split_encoded_spec(
+            spec,
+            "A git spec is {url-encoded repository URL}/{ref}, e.g. "
+            "https%3A%2F%2Fexample.org%2Frepo.git/HEAD",
+        )
+        ref = ref or self.default_ref
         validate_clone_url(url, [s.lower() for s in self.allowed_schemes])
         validate_ref(ref)
         return ParsedSpec(repo=url, ref=ref)

@@ -24,7 +24,7 @@ from traitlets import List, Unicode, default
 
 from binderbuild.errors import ProviderError, RefNotFound, SpecError, UnsafeURL
 from binderbuild.models import ResolvedRef
-from binderbuild.providers.base import ParsedSpec, reject_control_chars
+from binderbuild.providers.base import ParsedSpec, reject_control_chars, split_encoded_spec
 from binderbuild.providers.credentials import git_credential_env, password_of
 from binderbuild.providers.git import SHA1_OR_SHA256, validate_ref
 from binderbuild.providers.httpapi import HttpRepoProvider, json_object
@@ -109,15 +109,12 @@ class GitLabRepoProvider(HttpRepoProvider):
         return self.hostname.lower(), project.strip("/").removesuffix(".git")
 
     def parse(self, spec: str) -> ParsedSpec:
-        reject_control_chars(spec, "spec")
-        if "/" not in spec:
-            raise SpecError(
-                'A GitLab spec is "{url-encoded group/project}/{ref}", e.g. '
-                '"gitlab-org%2Fgitlab-foss/HEAD".'
-            )
-        quoted_project, quoted_ref = spec.split("/", 1)
-        project = unquote(quoted_project)
-        ref = unquote(quoted_ref) or self.default_ref
+        project, ref = split_encoded_spec(
+            spec,
+            'A GitLab spec is "{url-encoded group/project}/{ref}", e.g. '
+            '"gitlab-org%2Fgitlab-foss/HEAD".',
+        )
+        ref = ref or self.default_ref
         reject_control_chars(project, "project")
         host, path = self._split_project(project)
         segments = path.split("/")
