@@ -11,10 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import signal
 import sys
-from importlib.metadata import entry_points, version
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +22,12 @@ from traitlets import Bool, Dict, Float, Integer, List, Unicode, default, valida
 from traitlets.config import Application, Config, LoggingConfigurable
 from traitlets.utils.importstring import import_item
 
-from binderbuild import __version__, operations
+from binderbuild import __version__
 from binderbuild.auth import api_only
-from binderbuild.builders.base import Builder
-from binderbuild.builds import BuildManager
-from binderbuild.context import Context, Settings
 from binderbuild.errors import ConfigError
-from binderbuild.handlers.api import api_handlers, setup_builds_api
+from binderbuild.handlers.api import api_handlers
 from binderbuild.handlers.build import BuildHandler
 from binderbuild.handlers.info import (
-    HealthChecker,
     HealthHandler,
     NotFoundHandler,
     RepoProvidersHandler,
@@ -41,34 +35,15 @@ from binderbuild.handlers.info import (
 )
 from binderbuild.handlers.metrics import MetricsHandler
 from binderbuild.handlers.pages import PageOptions, page_handlers, page_settings
-from binderbuild.http import HttpClient
-from binderbuild.launcher import Launcher
 from binderbuild.logging_setup import configure_logging
 from binderbuild.netsafety import parse_networks
-from binderbuild.pipeline import Pipeline, PipelineSettings
+from binderbuild.operations import BinderBuildWebApp
 from binderbuild.providers import DEFAULT_PROVIDERS
-from binderbuild.providers.base import RepoProvider
-from binderbuild.registry import ImageStore, LocalImageStore, RegistryClient
-from binderbuild.secrets import Scrubber
+from binderbuild.services import Services, compose, shutdown, start
 
 ROOT = Path(__file__).resolve().parent.parent
 # Largest request body accepted (POST /api/builds is a few hundred bytes).
 MAX_REQUEST_BODY = 1024 * 1024
-
-_BYTES = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
-
-
-def parse_bytes(value: str | int) -> int:
-    """'2G', '512M', '1.5GiB', 1073741824 -> bytes."""
-    if isinstance(value, int):
-        return value
-    if not value:
-        return 0
-    match = _BYTES.match(value)
-    if not match:
-        raise ConfigError(f"Not a byte size: {value!r} (use e.g. 512M, 2G)")
-    number, unit = match.groups()
-    return int(float(number) * 1024 ** "_KMGT".index(unit.upper() or "_"))
 
 
 class DockerRegistry(LoggingConfigurable):
@@ -221,8 +196,9 @@ class BinderBuild(PageOptions, Application):
     launcher_class = Unicode(
         "",
         config=True,
-        help="Import string of the launcher. Empty: JupyterHub launcher when hub_url is set, "
-        "otherwise no launches (build only).",
+        help="Launcher: an entry point name of group binderbuild.launchers ('hub') or an "
+        "import string. Empty: JupyterHub launcher when hub_url is set, otherwise no "
+        "launches (build only).",
     )
     hub_url = Unicode("", config=True, help="Public URL of the JupyterHub that runs servers.")
     hub_api_token = Unicode("", config=True, help="API token of binderbuild's hub service.").tag(
@@ -442,160 +418,7 @@ class BinderBuild(PageOptions, Application):
             self.log_level, "json" if self.json_logs else "text", app_logger=self.log
         )
 
-    def _make_providers(self, http: HttpClient) -> dict[str, RepoProvider]:
-        networks = parse_networks(self.allowed_internal_networks)
-        providers: dict[str, RepoProvider] = {}
-        for prefix, cls in self.repo_providers.items():
-            klass = import_item(cls) if isinstance(cls, str) else cls
-            providers[prefix] = klass(
-                parent=self, http=http, allowed_internal_networks=networks, log=self.log
-            )
-        return providers
-
-    def _make_builder(self, registry: DockerRegistry, docker_client: Any, scrubber: Scrubber) -> Builder:
-        name = self.build_class
-        matches = [ep for ep in entry_points(group="binderbuild.builders") if ep.name == name]
-        klass = matches[0].load() if matches else import_item(name)
-        kwargs: dict[str, Any] = {
-            "parent": self,
-            "log": self.log,
-            "docker_host": self.build_docker_host,
-            "memory_limit": parse_bytes(self.build_memory_limit),
-            "docker_client": docker_client,
-            "scrubber": scrubber,
-        }
-        if self.use_registry:
-            kwargs["registry_credentials"] = {
-                "registry": registry.url,
-                "username": registry.username,
-                "password": registry.password,
-            }
-        return klass(**kwargs)  # type: ignore[no-any-return]
-
-    def _make_launcher(
-        self, http: HttpClient, providers: dict[str, RepoProvider]
-    ) -> Launcher | None:
-        if self.require_build_only:
-            return None
-        cls = self.launcher_class
-        if not cls:
-            if not self.hub_url:
-                return None
-            cls = "binderbuild.hub.HubLauncher"
-        klass = import_item(cls)
-        # providers: per-spec quotas (high_quota_specs, spec_config "quota").
-        return klass(parent=self, log=self.log, http=http, providers=providers)  # type: ignore[no-any-return]
-
-    def build_context(self) -> Context:
-        """Create every long-lived service once. Called inside the running loop."""
-        scrubber = Scrubber([self.hub_api_token, *self.extra_log_secrets])
-        registry_config = DockerRegistry(parent=self, log=self.log)
-        scrubber.add(registry_config.password)
-
-        http = HttpClient(user_agent=f"binderbuild/{__version__}")
-        docker_client = self._docker_client()
-        image_store: ImageStore
-        if self.use_registry:
-            if not registry_config.url:
-                raise ConfigError("use_registry is True but DockerRegistry.url is empty.")
-            image_store = RegistryClient(
-                http,
-                registry_config.url,
-                registry_config.username,
-                registry_config.password,
-                registry_config.timeout,
-            )
-        else:
-            image_store = LocalImageStore(docker_client)
-        builder = self._make_builder(registry_config, docker_client, scrubber)
-        builds = BuildManager(
-            builder,
-            concurrency=self.concurrent_build_limit or os.cpu_count() or 1,
-            build_timeout=self.build_timeout,
-            idle_timeout=self.build_idle_timeout,
-            abandoned_grace=self.abandoned_build_grace,
-        )
-        providers = self._make_providers(http)
-        for provider in providers.values():
-            scrubber.add(*provider.secret_values())
-        launcher = self._make_launcher(http, providers)
-        pipeline = Pipeline(
-            providers=providers,
-            image_store=image_store,
-            builds=builds,
-            launcher=launcher,
-            settings=PipelineSettings(
-                image_prefix=self.image_prefix,
-                resolve_cache_ttl=self.resolve_cache_ttl,
-                image_exists_cache_ttl=self.image_exists_cache_ttl,
-            ),
-        )
-        settings = Settings(
-            base_url=self.base_url,
-            launch_host=self.launch_host,
-            keepalive_interval=self.keepalive_interval,
-            allow_build_only=self.allow_build_only,
-            require_build_only=self.require_build_only or launcher is None,
-            image_prefix=self.image_prefix,
-            version_info=self._version_info(),
-        )
-        ctx = Context(
-            settings=settings,
-            http=http,
-            providers=providers,
-            image_store=image_store,
-            builder=builder,
-            builds=builds,
-            pipeline=pipeline,
-            launcher=launcher,
-            scrubber=scrubber,
-        )
-        checks: dict[str, tuple[Any, bool]] = {
-            "registry" if self.use_registry else "image-store": (image_store.check, True),
-            "build-backend": (builder.check, True),
-            "queue": (lambda: _queue_check(builds), False),
-        }
-        if launcher is not None:
-            checks["hub"] = (launcher.check, True)
-        ctx.services["health"] = HealthChecker(
-            checks, ttl=self.health_check_ttl, scrub=scrubber.scrub
-        )
-        ctx.services["registry_config"] = registry_config
-        operations.install(self, ctx)
-        ctx.services["docker"] = docker_client
-        setup_builds_api(self, ctx, self.data_dir)
-        return ctx
-
-    def _docker_client(self) -> Any:
-        if self.build_class != "docker":
-            # Builds run elsewhere (build pods); the registry is the only image
-            # store, so this process needs no Docker engine at all.
-            if not self.use_registry:
-                raise ConfigError(
-                    f"build_class {self.build_class!r} builds away from this machine: "
-                    "set BinderBuild.use_registry = True and DockerRegistry.url."
-                )
-            return None
-        import docker
-
-        try:
-            if self.build_docker_host:
-                return docker.DockerClient(base_url=self.build_docker_host)
-            return docker.from_env()
-        except docker.errors.DockerException as exc:
-            raise ConfigError(
-                f"Cannot reach the Docker engine ({exc}). Start it (scripts/setup.sh) "
-                "or set BinderBuild.build_docker_host."
-            ) from None
-
-    def _version_info(self) -> dict[str, Any]:
-        try:
-            r2d = version("jupyter-repo2docker")
-        except Exception:
-            r2d = "unknown"
-        return {"binderbuild": __version__, "builder": f"repo2docker {r2d}", "builder_info": {"repo2docker-version": r2d}}
-
-    def make_tornado_app(self, ctx: Context) -> tornado.web.Application:
+    def make_tornado_app(self, services: Services) -> tornado.web.Application:
         base = self.base_url
         spec_pattern = r"(?P<provider_id>[^/]+)/(?P<spec>.+)"
         handlers: list[Any] = [
@@ -606,11 +429,10 @@ class BinderBuild(PageOptions, Application):
             (rf"{base}api/repoproviders", RepoProvidersHandler),
         ]
         handlers += api_handlers(base)
-        for extra in ctx.services.get("extra_handlers", []):
-            handlers.append(extra)
+        handlers += services.extra_handlers
         handlers += page_handlers(base, self)
         settings = {
-            "binderbuild": ctx,
+            "binderbuild": services,
             "template_path": str(ROOT / "templates"),
             "static_path": str(ROOT / "static"),
             "static_url_prefix": f"{base}static/",
@@ -627,11 +449,16 @@ class BinderBuild(PageOptions, Application):
         if self.auth_enabled:
             # Signs the OAuth login cookie; replicas share it via tornado_settings.
             settings.setdefault("cookie_secret", os.urandom(32))
-        return operations.BinderBuildWebApp(handlers, **settings)
+        return BinderBuildWebApp(handlers, **settings)
+
+    def compose(self) -> Services:
+        """Every long-lived service, built once (``binderbuild.services``)."""
+        return compose(self, DockerRegistry(parent=self, log=self.log))
 
     async def serve(self) -> None:
-        ctx = self.build_context()
-        app = self.make_tornado_app(ctx)
+        services = self.compose()
+        await start(services)
+        app = self.make_tornado_app(services)
         # Tornado buffers a whole request body before any handler runs (100 MiB
         # by default, per connection); the only body binderbuild reads is the
         # small JSON of POST /api/builds, so larger ones are refused (400) early.
@@ -650,30 +477,10 @@ class BinderBuild(PageOptions, Application):
         await stop.wait()
         self.log.info("shutting down")
         server.stop()
-        await shutdown(ctx)
+        await shutdown(services)
 
     def start(self) -> None:
         asyncio.run(self.serve())
-
-
-async def shutdown(ctx: Context) -> None:
-    # A backend whose builds outlive this process (build pods) must stop
-    # owning them first, so closing the manager does not cancel them and a
-    # restarted replica can re-attach.
-    if (begin := getattr(ctx.builder, "begin_shutdown", None)) is not None:
-        await begin() if asyncio.iscoroutinefunction(begin) else begin()
-    await ctx.builds.close()
-    await operations.close(ctx)
-    if (history := ctx.services.get("history")) is not None:
-        await history.close()  # after builds.close(): interrupted builds are recorded too
-    if ctx.launcher is not None:
-        await ctx.launcher.close()
-    await ctx.builder.close()
-    ctx.http.close()
-
-
-async def _queue_check(builds: BuildManager) -> dict[str, Any]:
-    return {"running": builds.running, "queued": builds.queue_length}
 
 
 def main(argv: list[str] | None = None) -> None:

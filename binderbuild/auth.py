@@ -141,7 +141,7 @@ def make_hub_auth(
 
 
 class HubUserResolver:
-    """``Context.user_resolver``: the hub user behind a request, or None."""
+    """``Services.user_resolver``: the hub user behind a request, or None."""
 
     def __init__(self, hub_auth: HubOAuth, api_tokens: ApiTokens) -> None:
         self.hub_auth = hub_auth

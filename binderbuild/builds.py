@@ -22,8 +22,9 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from binderbuild.builders.base import Builder
 from binderbuild.errors import (
@@ -36,6 +37,29 @@ from binderbuild.events import Phase, ProgressEvent, event
 from binderbuild.models import BuildJob
 
 log = logging.getLogger("binderbuild.builds")
+
+BuildHook = Callable[["Build"], None]
+
+
+class TimerHandle(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    """Time for the abandoned-build policy: ``now`` in monotonic seconds and
+    a timer. The default is the event loop's; unit tests drive a fake one."""
+
+    def now(self) -> float: ...
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle: ...
+
+
+class LoopClock:
+    def now(self) -> float:
+        return time.monotonic()
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        return asyncio.get_running_loop().call_later(delay, callback)
 
 
 class BuildState(enum.StrEnum):
@@ -74,6 +98,7 @@ class Build:
     # going, or a status request. The abandoned-build policy measures from it.
     last_seen: float = field(default_factory=time.monotonic, repr=False)
     _on_unwatched: Callable[[Build], None] | None = field(default=None, repr=False)
+    _now: Callable[[], float] = field(default=time.monotonic, repr=False)
 
     @property
     def image_name(self) -> str:
@@ -94,7 +119,7 @@ class Build:
 
     def touch(self) -> None:
         """Note that a client is interested in this build (resets the abandon clock)."""
-        self.last_seen = time.monotonic()
+        self.last_seen = self._now()
 
     async def follow(
         self, after: int = -1, *, watch: bool = True
@@ -142,7 +167,14 @@ class BuildManager:
         max_log_events: int = 50_000,
         keep_finished: int = 500,
         abandoned_grace: float = 0.0,
+        on_started: Sequence[BuildHook] = (),
+        on_finished: Sequence[BuildHook] = (),
+        clock: Clock | None = None,
     ) -> None:
+        """``on_started``/``on_finished`` are called with each build as it
+        starts running / finishes (metrics, history, the known-images cache);
+        a hook that raises is logged and the others still run. ``clock``
+        drives the abandoned-build policy (default: the running loop's)."""
         self.builder = builder
         self.concurrency = max(1, concurrency)
         self.build_timeout = build_timeout
@@ -153,13 +185,14 @@ class BuildManager:
         self._by_id: OrderedDict[str, Build] = OrderedDict()
         self._queue: list[Build] = []
         self._running = 0
-        self.on_started: list[Callable[[Build], None]] = []
-        self.on_finished: list[Callable[[Build], None]] = []
+        self.on_started: tuple[BuildHook, ...] = tuple(on_started)
+        self.on_finished: tuple[BuildHook, ...] = tuple(on_finished)
+        self.clock = clock or LoopClock()
         self.joins = 0  # clients that attached to a build someone else started
         # Seconds a build may go without any client before it is cancelled; 0: never.
         self.abandoned_grace = abandoned_grace
         self.abandoned = 0  # builds cancelled because nobody was watching
-        self._abandon_timers: dict[str, asyncio.TimerHandle] = {}
+        self._abandon_timers: dict[str, TimerHandle] = {}
         self._background: set[asyncio.Task[Build | None]] = set()
 
     # --- queries ----------------------------------------------------------
@@ -199,7 +232,8 @@ class BuildManager:
         if existing is not None:
             self.joins += 1
             return existing, False
-        build = Build(job=job)
+        build = Build(job=job, _now=self.clock.now)
+        build.touch()
         build._on_unwatched = self._arm_abandon
         self._active[job.image.build_name] = build
         self._remember(build)
@@ -306,7 +340,10 @@ class BuildManager:
         logger = logging.LoggerAdapter(log, {"build_id": build.id, "image": job.image.name})
         logger.info("build started: %s", job.image.name)
         for callback in self.on_started:
-            callback(build)
+            try:
+                callback(build)
+            except Exception:
+                log.exception("on_started callback failed")
         build.append(event(Phase.WAITING, "Build starting.\n"))
         loop = asyncio.get_running_loop()
         hard_deadline = loop.time() + self.build_timeout
@@ -367,15 +404,15 @@ class BuildManager:
         old = self._abandon_timers.pop(build.id, None)
         if old is not None:
             old.cancel()
-        delay = max(0.0, build.last_seen + self.abandoned_grace - time.monotonic())
-        handle = asyncio.get_running_loop().call_later(delay, self._check_abandoned, build)
+        delay = max(0.0, build.last_seen + self.abandoned_grace - self.clock.now())
+        handle = self.clock.call_later(delay, lambda: self._check_abandoned(build))
         self._abandon_timers[build.id] = handle
 
     def _check_abandoned(self, build: Build) -> None:
         self._abandon_timers.pop(build.id, None)
         if build.state.finished or build.followers > 0:
             return  # the last follower to leave arms the clock again
-        if time.monotonic() - build.last_seen < self.abandoned_grace:
+        if self.clock.now() - build.last_seen < self.abandoned_grace:
             self._arm_abandon(build)  # a client looked at it meanwhile
             return
         self.abandoned += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
@@ -13,15 +14,20 @@ FOREVER = float("inf")
 
 
 class TTLCache(Generic[K, V]):
-    def __init__(self, max_size: int = 10_000) -> None:
+    def __init__(
+        self, max_size: int = 10_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        """``clock``: seconds, monotonic; tests pass a fake one to expire entries
+        without sleeping."""
         self.max_size = max_size
+        self.clock = clock
         self._data: OrderedDict[K, tuple[float, V]] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
     def get(self, key: K) -> V | None:
         item = self._data.get(key)
-        if item is None or item[0] < time.monotonic():
+        if item is None or item[0] < self.clock():
             if item is not None:
                 del self._data[key]
             self.misses += 1
@@ -33,7 +39,7 @@ class TTLCache(Generic[K, V]):
     def set(self, key: K, value: V, ttl: float) -> None:
         if ttl <= 0:
             return
-        self._data[key] = (time.monotonic() + ttl, value)
+        self._data[key] = (self.clock() + ttl, value)
         self._data.move_to_end(key)
         while len(self._data) > self.max_size:
             self._data.popitem(last=False)

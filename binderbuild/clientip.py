@@ -39,7 +39,7 @@ def parse_ip(value: str) -> IPAddress | None:
 
 
 class ClientIPResolver:
-    """Maps a request to its client IP (``Context.client_ip_resolver``)."""
+    """Maps a request to its client IP (``Services.client_ip_resolver``)."""
 
     def __init__(self, trusted_proxies: Iterable[str] = ()) -> None:
         self.trusted: list[IPNetwork] = parse_networks(trusted_proxies)

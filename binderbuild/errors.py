@@ -1,8 +1,14 @@
 """The one exception tree of binderbuild.
 
 Foreign errors (git, HTTP, Docker, Kubernetes, JupyterHub) are translated into
-these where the foreign library is called. HTTP statuses are assigned only at
-the edge (``binderbuild.handlers.errors``), from the class.
+these where the foreign library is called. Every class declares two stable
+facts about itself: ``status``, the HTTP status the edge answers with
+(``binderbuild.handlers.base`` maps errors to HTTP in one place), and ``code``,
+the identifier clients read in JSON (``failure.type`` of the builds API, the
+launch event log's ``error.type``). Codes are frozen: they were the class
+names when the API first shipped, and renaming a class must not change them.
+Both are class attributes, so the most specific class that sets one wins and
+no table order can matter.
 
 ::
 
@@ -14,12 +20,16 @@ the edge (``binderbuild.handlers.errors``), from the class.
     │   ├── RefNotFound
     │   ├── Forbidden                banned spec, banned network, no permission
     │   ├── NotFound                 unknown build id, image not present
+    │   ├── Conflict                 the resource is not in a state for this
+    │   ├── UnsupportedMediaType     request body not JSON
     │   └── RateLimited              too many requests (carries retry_after)
     ├── UpstreamError                a dependency failed or is down
+    │   ├── TransportError           no HTTP answer (refused, timeout, TLS)
     │   ├── ProviderError            GitHub/GitLab/Zenodo/git server
     │   │   └── ProviderRateLimited
     │   ├── RegistryError
     │   ├── BuildBackendError        Docker engine / Kubernetes API
+    │   │   └── ResourceExpired      a Kubernetes list/watch must relist (410)
     │   └── HubError
     ├── BuildFailed                  the repository did not build
     │   ├── BuildTimeout
@@ -32,12 +42,26 @@ the edge (``binderbuild.handlers.errors``), from the class.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class BinderBuildError(Exception):
     """Base of every error binderbuild raises on purpose.
 
     ``message`` is safe to show to the client: it never carries secrets.
     """
+
+    # HTTP status at the edge; subclasses override (see error_status).
+    status: ClassVar[int] = 500
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        # A code is never inherited: a subclass that names none gets its own
+        # class name, and keeps it (declare ``code`` before renaming a class).
+        if "code" not in cls.__dict__:
+            cls.code = cls.__name__
+
+    code: ClassVar[str] = "BinderBuildError"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -48,88 +72,130 @@ class BinderBuildError(Exception):
 
 
 class RequestError(BinderBuildError):
-    pass
+    status = 400
 
 
 class UnknownProvider(RequestError):
-    pass
+    status = 404
 
 
 class SpecError(RequestError):
-    pass
+    status = 400
 
 
 class UnsafeURL(SpecError):
-    pass
+    status = 400
 
 
 class RefNotFound(RequestError):
-    pass
+    status = 404
 
 
 class Forbidden(RequestError):
-    pass
+    status = 403
 
 
 class NotFound(RequestError):
-    pass
+    status = 404
 
 
 class RateLimited(RequestError):
+    status = 429
+
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 
 
 class UpstreamError(BinderBuildError):
-    pass
+    status = 500
 
 
 class ProviderError(UpstreamError):
-    pass
+    status = 502
 
 
 class ProviderRateLimited(ProviderError):
+    status = 503
+
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 
 
 class RegistryError(UpstreamError):
-    pass
+    status = 503
 
 
 class BuildBackendError(UpstreamError):
-    pass
+    status = 503
 
 
 class HubError(UpstreamError):
-    pass
+    status = 503
 
 
 class BuildFailed(BinderBuildError):
-    pass
+    status = 500
 
 
 class BuildTimeout(BuildFailed):
-    pass
+    status = 500
 
 
 class BuildCancelled(BuildFailed):
-    pass
+    status = 409
 
 
 class LaunchFailed(BinderBuildError):
-    pass
+    status = 500
 
 
 class LaunchTimeout(LaunchFailed):
-    pass
+    status = 504
 
 
 class QuotaExceeded(LaunchFailed):
-    pass
+    status = 429
 
 
 class ConfigError(BinderBuildError):
-    pass
+    status = 500
+
+
+class Conflict(RequestError):
+    """The resource exists but is not in a state that allows the request
+    (cancelling a finished build)."""
+
+    status = 409
+
+
+class UnsupportedMediaType(RequestError):
+    status = 415
+
+
+class TransportError(UpstreamError):
+    """An HTTP request got no answer: refused, reset, timed out, TLS failed.
+    The message names the URL with credentials removed."""
+
+    status = 500
+
+
+class ResourceExpired(BuildBackendError):
+    """A Kubernetes list or watch answered 410 Gone: relist from scratch."""
+
+
+def error_status(exc: BaseException) -> int:
+    """The HTTP status of any exception: its class's, else 500."""
+    return exc.status if isinstance(exc, BinderBuildError) else 500
+
+
+def error_code(exc: BaseException) -> str:
+    """The stable code clients see for an exception."""
+    return exc.code if isinstance(exc, BinderBuildError) else "InternalError"
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """Seconds a client should wait before retrying, when the error says."""
+    value = getattr(exc, "retry_after", None)
+    return float(value) if isinstance(value, int | float) else None

@@ -35,12 +35,11 @@ from traitlets import List, Unicode
 from traitlets.config import LoggingConfigurable
 from traitlets.utils.importstring import import_item
 
-from binderbuild.errors import BinderBuildError, BuildFailed, ConfigError
+from binderbuild.errors import BinderBuildError, BuildFailed, ConfigError, error_code
 from binderbuild.http import redact_url
 from binderbuild.logging_setup import current_request_id
 from binderbuild.logging_setup import scrub as scrub_text
-from binderbuild.models import BuildRequest, ImageSpec, ResolvedRef
-from binderbuild.pipeline import StageTimings
+from binderbuild.pipeline import RunOutcome, RunReport
 from binderbuild.secrets import Scrubber
 
 log = logging.getLogger("binderbuild.eventlog")
@@ -270,15 +269,11 @@ class EventLog(LoggingConfigurable):
                 # One broken sink (full disk) must not hide events from the others.
                 log.exception("event sink %s failed", type(sink).__name__)
 
-    def launch_event(
-        self,
-        request: BuildRequest,
-        ref: ResolvedRef | None,
-        image: ImageSpec | None,
-        status: str,
-        timings: StageTimings,
-        error: BaseException | None,
-    ) -> dict[str, Any]:
+    def launch_event(self, report: RunReport) -> dict[str, Any]:
+        request, ref, image = report.request, report.ref, report.image
+        timings, error = report.timings, report.error
+        status = report.outcome.value
+
         def scrub(text: str) -> str:
             return scrub_text(self.scrubber, text)
 
@@ -290,9 +285,9 @@ class EventLog(LoggingConfigurable):
         }
         durations["total"] = sum(durations.values())
         error_field: dict[str, str] | None = None
-        if error is not None and status == "failure":
+        if error is not None and report.outcome is RunOutcome.FAILURE:
             message = error.message if isinstance(error, BinderBuildError) else type(error).__name__
-            error_field = {"type": type(error).__name__, "message": scrub(message)}
+            error_field = {"type": error_code(error), "message": scrub(message)}
         origin = urlsplit(request.launch_host).netloc if request.launch_host else ""
         return {
             "schema": LAUNCH_SCHEMA_ID,
@@ -316,18 +311,10 @@ class EventLog(LoggingConfigurable):
             "authenticated": request.user is not None,
         }
 
-    def observe_run(
-        self,
-        request: BuildRequest,
-        ref: ResolvedRef | None,
-        image: ImageSpec | None,
-        status: str,
-        timings: StageTimings,
-        error: BaseException | None,
-    ) -> None:
-        """A ``Pipeline.observers`` entry."""
+    def observe_run(self, report: RunReport) -> None:
+        """A ``Pipeline`` observer."""
         if self._sinks:
-            self.emit(self.launch_event(request, ref, image, status, timings, error))
+            self.emit(self.launch_event(report))
 
     def close(self) -> None:
         for sink in self._sinks:

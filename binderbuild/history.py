@@ -31,8 +31,8 @@ from typing import Any, TypeVar
 from traitlets import Float, Integer
 from traitlets.config import LoggingConfigurable
 
-from binderbuild.builds import Build, BuildManager, BuildState
-from binderbuild.errors import ConfigError
+from binderbuild.builds import Build, BuildState
+from binderbuild.errors import ConfigError, error_code
 from binderbuild.events import Phase, ProgressEvent, event
 from binderbuild.models import ResolvedRef
 
@@ -96,7 +96,7 @@ class BuildRecord:
             phase = Phase.WAITING.value
         failure = failure_type = None
         if build.error is not None and build.state in (BuildState.FAILED, BuildState.CANCELLED):
-            failure, failure_type = build.error.message, type(build.error).__name__
+            failure, failure_type = build.error.message, error_code(build.error)
         return cls(
             id=build.id,
             provider=ref.provider_id,
@@ -309,12 +309,13 @@ class BuildHistory(LoggingConfigurable):
         self._executor.shutdown(wait=True)
 
 
-def record_finished_builds(
-    history: BuildHistory, builds: BuildManager, repo_of: Callable[[ResolvedRef], str]
-) -> None:
-    """Store every build the manager finishes (``repo_of`` names its repository)."""
+def history_recorder(
+    history: BuildHistory, repo_of: Callable[[ResolvedRef], str]
+) -> Callable[[Build], None]:
+    """A ``BuildManager`` on_finished hook that stores every finished build
+    (``repo_of`` names its repository)."""
 
     def on_finished(build: Build) -> None:
         history.record_soon(BuildRecord.from_build(build, repo_of(build.job.ref)), build.events)
 
-    builds.on_finished.append(on_finished)
+    return on_finished

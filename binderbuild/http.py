@@ -18,11 +18,9 @@ from urllib.parse import urlsplit, urlunsplit
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.simple_httpclient import HTTPStreamClosedError
 
-from binderbuild.errors import UpstreamError
-
-
-class TransportError(UpstreamError):
-    """No HTTP answer at all: refused, reset, DNS failure, timeout."""
+# Raised here, declared with the rest of the error tree; importable from
+# this module as before.
+from binderbuild.errors import TransportError
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,11 +138,11 @@ class HttpClient:
         try:
             resp = await self._client.fetch(req, raise_error=False)
         except HTTPClientError as exc:  # raise_error=False: only transport failures
-            resp = exc.response
-            if resp is None:
+            if exc.response is None:
                 raise TransportError(
                     f"{redact_url(spec.url)}: {exc}{self._cut_hint(exc)}"
                 ) from None
+            resp = exc.response
         except Exception as exc:
             # Tornado raises OSError/TimeoutError/ssl errors for transport failures.
             raise TransportError(

@@ -197,11 +197,13 @@ class HubLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
         *,
         http: HttpClient,
         providers: Mapping[str, RepoProvider] | None = None,
-        settings: HubSettings | None = None,
+        settings: HubSettings,
         **kwargs: Any,
     ) -> None:
+        """``settings``: the application's launch options (BinderHub's names),
+        given explicitly; ``HubSettings.from_app`` reads them off the app."""
         super().__init__(**kwargs)
-        self.settings = settings or HubSettings.from_app(self.parent)
+        self.settings = settings
         if not self.settings.hub_url:
             raise ConfigError("HubLauncher needs BinderBuild.hub_url (the hub's public URL).")
         if not self.settings.hub_api_token:

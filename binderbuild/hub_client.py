@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from binderbuild.errors import HubError
-from binderbuild.http import HttpClient, HttpResponse, TransportError
+from binderbuild.errors import HubError, TransportError
+from binderbuild.http import HttpClient, HttpResponse
 
 log = logging.getLogger("binderbuild.hub")
 

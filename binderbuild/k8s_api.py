@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from binderbuild.errors import BuildBackendError
+from binderbuild.errors import BuildBackendError, ResourceExpired
 
 log = logging.getLogger("binderbuild.k8s")
 
@@ -36,10 +36,6 @@ SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/
 # A log line longer than this is cut: one runaway line (a progress bar
 # without newlines) must not hold megabytes in the service.
 MAX_LINE_BYTES = 1 << 20
-
-
-class ResourceExpired(BuildBackendError):
-    """A watch's resourceVersion is too old (HTTP 410 Gone): list again."""
 
 
 def current_namespace(
@@ -72,7 +68,7 @@ async def make_core_api(kubeconfig: str | None = None) -> Any:
     configuration = client.Configuration()
     if kubeconfig is None:
         try:
-            config.load_incluster_config(client_configuration=configuration)
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]  # unannotated in kubernetes_asyncio
         except config.ConfigException:
             pass
         else:

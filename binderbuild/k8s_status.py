@@ -80,15 +80,16 @@ def is_terminating(pod: Pod) -> bool:
 def container_status(pod: Pod, container: str | None = None) -> Mapping[str, Any]:
     """Status of the named container (default: the first one), or {}."""
     statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    status: Mapping[str, Any]
     for status in statuses:
         if container is None or status.get("name") == container:
-            return status  # type: ignore[no-any-return]
+            return status
     return {}
 
 
 def container_terminated(pod: Pod, container: str | None = None) -> Mapping[str, Any] | None:
     state = container_status(pod, container).get("state") or {}
-    return state.get("terminated")  # type: ignore[no-any-return]
+    return state.get("terminated")
 
 
 def has_started(pod: Pod, container: str | None = None) -> bool:
@@ -222,9 +223,10 @@ def finished_at(pod: Pod, container: str | None = None) -> float | None:
 
 
 def _container_spec(pod: Pod, container: str | None) -> Mapping[str, Any]:
+    spec: Mapping[str, Any]
     for spec in (pod.get("spec") or {}).get("containers") or []:
         if container is None or spec.get("name") == container:
-            return spec  # type: ignore[no-any-return]
+            return spec
     return {}
 
 

@@ -23,8 +23,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from binderbuild.errors import BuildBackendError
-from binderbuild.k8s_api import PodAPI, ResourceExpired
+from binderbuild.errors import BuildBackendError, ResourceExpired
+from binderbuild.k8s_api import PodAPI
 from binderbuild.k8s_status import uid
 
 log = logging.getLogger("binderbuild.k8s")

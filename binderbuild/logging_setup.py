@@ -185,7 +185,8 @@ def configure_logging(
     """Send binderbuild's, Tornado's and the application's records to one
     stderr handler. Idempotent: calling it again replaces the handler."""
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler._binderbuild = True  # type: ignore[attr-defined]
+    # A marker on our own handler, so a second call can find and replace it.
+    handler._binderbuild = True  # type: ignore[attr-defined]  # ad-hoc marker attribute
     handler.setFormatter(make_formatter(log_format, scrubber))
     handler.addFilter(ContextFilter())
     targets = [logging.getLogger(name) for name in loggers]

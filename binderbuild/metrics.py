@@ -12,7 +12,8 @@ one), so several applications can live in one process (tests) without
 "Duplicated timeseries" errors, and ``/metrics`` shows only binderbuild's
 series.
 
-Hook points (wired by ``Metrics.attach``): ``BuildManager.on_started`` /
+Hook points (wired by the composition root, ``binderbuild.services``):
+``BuildManager.on_started`` /
 ``on_finished`` for builds, a ``Launcher`` wrapper for launches (the only place
 that sees a launch start *and* end), ``HttpClient.observers`` for every
 outbound request, and a collector that reads the build queue at scrape time.
@@ -46,7 +47,6 @@ from binderbuild.models import LaunchRequest, LaunchResult
 from binderbuild.secrets import Scrubber
 
 if TYPE_CHECKING:
-    from binderbuild.context import Context
     from binderbuild.events import ProgressEvent
 
 PREFIX = "binderbuild"
@@ -210,11 +210,20 @@ class _QueueCollector:
 class Metrics:
     """binderbuild's metrics on a private registry."""
 
-    def __init__(self, *, repo_labels: bool = False, scrubber: Scrubber | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        repo_labels: bool = False,
+        scrubber: Scrubber | None = None,
+        classifier: UpstreamClassifier | None = None,
+        provider_ids: Iterable[str] = (),
+    ) -> None:
+        """``classifier`` names the dependency of each outbound request;
+        ``provider_ids`` get their counters pre-created at 0."""
         self.registry = CollectorRegistry(auto_describe=True)
         self.repo_labels = repo_labels
         self.scrubber = scrubber or Scrubber()
-        self.classifier = UpstreamClassifier()
+        self.classifier = classifier or UpstreamClassifier()
         extra = ("repo",) if repo_labels else ()
         r = self.registry
         self.build_duration = Histogram(
@@ -284,27 +293,17 @@ class Metrics:
         for reason in Refusal:
             self.request_refused.labels(reason.value)
 
-    # --- wiring -------------------------------------------------------------
-
-    def attach(self, ctx: Context, classifier: UpstreamClassifier | None = None) -> None:
-        """Hook into the build manager, pipeline launcher and HTTP client."""
-        if classifier is not None:
-            self.classifier = classifier
-        ctx.builds.on_started.append(self.build_started)
-        ctx.builds.on_finished.append(self.build_finished_hook)
-        self.registry.register(_QueueCollector(ctx.builds))
-        ctx.http.observers.append(self.observe_http)
-        if ctx.pipeline.launcher is not None and not isinstance(
-            ctx.pipeline.launcher, InstrumentedLauncher
-        ):
-            ctx.pipeline.launcher = InstrumentedLauncher(ctx.pipeline.launcher, self)
         # With repo labels the repository is part of every series: nothing
         # sensible to pre-create.
-        for provider_id in [] if self.repo_labels else ctx.providers:
-            for status in BuildStatus:
-                self._labels(self.build_finished, status, provider_id, None)
-            for status in LaunchStatus:
-                self._labels(self.launch_finished, status, provider_id, None)
+        for provider_id in [] if self.repo_labels else provider_ids:
+            for build_status in BuildStatus:
+                self._labels(self.build_finished, build_status, provider_id, None)
+            for launch_status in LaunchStatus:
+                self._labels(self.launch_finished, launch_status, provider_id, None)
+
+    def watch_queue(self, builds: BuildManager) -> None:
+        """Export the build manager's queue and slot gauges (read at scrape time)."""
+        self.registry.register(_QueueCollector(builds))
 
     def exposition(self) -> tuple[bytes, str]:
         """(body, content type) of the text exposition format."""

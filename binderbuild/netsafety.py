@@ -57,7 +57,9 @@ async def resolve_host(host: str, port: int | None) -> list[IPAddress]:
         )
     except (OSError, TimeoutError) as exc:
         raise SpecError(f"Cannot resolve host {host!r}: {exc}") from None
-    return [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+    # AF_INET/AF_INET6 socket addresses start with the host as a str (typeshed
+    # also allows other families' int); str() only narrows the type.
+    return [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
 
 
 async def check_url(url: str, allowed: Iterable[IPNetwork]) -> None:

@@ -1,6 +1,9 @@
 """The whole request flow, as one async generator of progress events.
 
-    resolve -> policy -> name -> registry check -> build (shared) -> launch -> ready
+    validate -> resolve -> name -> registry check -> build (shared) -> launch -> ready
+
+``ensure_build`` is the one entry point that starts or joins a build: the
+event stream (``run``), ``POST /api/builds`` and the pages all go through it.
 
 Handlers only adapt this to the wire. Nothing here imports Tornado, so a test
 or a script can drive it with ``asyncio.run``. Errors are raised as
@@ -11,9 +14,10 @@ or a script can drive it with ``asyncio.run``. Errors are raised as
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from binderbuild import naming
@@ -36,7 +40,7 @@ from binderbuild.models import (
     LaunchResult,
     ResolvedRef,
 )
-from binderbuild.providers.base import RepoProvider
+from binderbuild.providers.base import ParsedSpec, RepoProvider
 from binderbuild.registry import ImageStore
 
 log = logging.getLogger("binderbuild.pipeline")
@@ -47,7 +51,14 @@ class PipelineSettings:
     image_prefix: str
     resolve_cache_ttl: float = 60.0
     negative_resolve_cache_ttl: float = 10.0
-    image_exists_cache_ttl: float = 300.0
+
+
+class RunOutcome(enum.StrEnum):
+    """How one pipeline run ended."""
+
+    SUCCESS = "success"  # ready was sent
+    FAILURE = "failure"  # a BinderBuildError ended it (failed was sent)
+    ABANDONED = "abandoned"  # the client left (or the service stopped) first
 
 
 @dataclass
@@ -68,13 +79,75 @@ class StageTimings:
         finally:
             setattr(self, stage, time.monotonic() - started)
 
+    @property
+    def total(self) -> float:
+        return self.resolve + self.registry + self.build + self.launch
 
-# Called once per pipeline run at its end: (request, ref or None, image or
-# None, status, timings, error or None).
-RunObserver = Callable[
-    [BuildRequest, ResolvedRef | None, ImageSpec | None, str, StageTimings, BaseException | None],
-    None,
-]
+
+@dataclass(frozen=True)
+class RunReport:
+    """What an observer learns when a pipeline run ends."""
+
+    request: BuildRequest
+    outcome: RunOutcome
+    timings: StageTimings
+    ref: ResolvedRef | None = None
+    image: ImageSpec | None = None
+    error: BaseException | None = None
+
+
+# Called once per pipeline run, at its end.
+RunObserver = Callable[[RunReport], None]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A request that passed the checks needing no I/O (``Pipeline.validate``)."""
+
+    request: BuildRequest
+    provider: RepoProvider
+    parsed: ParsedSpec
+
+
+@dataclass(frozen=True)
+class Located:
+    """A validated request with its ref resolved and its image named."""
+
+    target: Target
+    ref: ResolvedRef
+    image: ImageSpec
+
+
+def lookup_provider(providers: Mapping[str, RepoProvider], provider_id: str) -> RepoProvider:
+    """The provider of a prefix, or UnknownProvider naming the known ones."""
+    try:
+        return providers[provider_id]
+    except KeyError:
+        known = ", ".join(sorted(providers))
+        raise UnknownProvider(
+            f"Unknown provider {provider_id!r}. Known providers: {known}."
+        ) from None
+
+
+class KnownImages:
+    """Images known to exist, for ``ttl`` seconds after the store said so or a
+    build of them succeeded. Shared by the pipeline (lookups) and the build
+    manager (``remember_built`` is one of its on_finished hooks), so a build
+    that finishes while a request asks the store is seen by the re-check."""
+
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.cache: TTLCache[str, bool] = TTLCache(clock=clock)
+
+    def __contains__(self, image_name: object) -> bool:
+        return isinstance(image_name, str) and bool(self.cache.get(image_name))
+
+    def remember(self, image_name: str) -> None:
+        self.cache.set(image_name, True, self.ttl)
+
+    def remember_built(self, build: Build) -> None:
+        if build.state is BuildState.SUCCEEDED:
+            self.remember(build.image_name)
 
 
 class Pipeline:
@@ -84,37 +157,37 @@ class Pipeline:
         providers: Mapping[str, RepoProvider],
         image_store: ImageStore,
         builds: BuildManager,
+        known_images: KnownImages,
         launcher: Launcher | None,
         settings: PipelineSettings,
+        observers: Sequence[RunObserver] = (),
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``known_images`` must be the one whose ``remember_built`` the build
+        manager calls when a build finishes (the composition root wires both)."""
         self.providers = providers
         self.image_store = image_store
         self.builds = builds
+        self.known_images = known_images
         self.launcher = launcher
         self.settings = settings
-        self.resolve_cache: TTLCache[tuple[str, str], ResolvedRef | RefNotFound] = TTLCache()
-        self.exists_cache: TTLCache[str, bool] = TTLCache()
-        self.observers: list[RunObserver] = []
-        builds.on_finished.append(self._remember_built)
+        self.resolve_cache: TTLCache[tuple[str, str], ResolvedRef | RefNotFound] = TTLCache(
+            clock=clock
+        )
+        self.observers = tuple(observers)
 
     # --- stages usable on their own (API, pages) ----------------------------
 
     def provider(self, provider_id: str) -> RepoProvider:
-        try:
-            return self.providers[provider_id]
-        except KeyError:
-            known = ", ".join(sorted(self.providers))
-            raise UnknownProvider(
-                f"Unknown provider {provider_id!r}. Known providers: {known}."
-            ) from None
+        return lookup_provider(self.providers, provider_id)
 
-    def validate(self, request: BuildRequest) -> RepoProvider:
+    def validate(self, request: BuildRequest) -> Target:
         """Checks that need no I/O, so the edge can answer 4xx before streaming."""
         provider = self.provider(request.provider_id)
-        provider.parse(request.spec)
+        parsed = provider.parse(request.spec)
         if provider.is_banned(request.spec):
             raise Forbidden(f"Sorry, {request.provider_id}/{request.spec} is not allowed here.")
-        return provider
+        return Target(request, provider, parsed)
 
     async def resolve(self, provider: RepoProvider, spec: str) -> ResolvedRef:
         key = (provider.provider_id, spec)
@@ -132,49 +205,69 @@ class Pipeline:
         self.resolve_cache.set(key, ref, ttl)
         return ref
 
+    async def locate(self, target: Target) -> Located:
+        """Resolve the ref to an immutable one and name the image."""
+        ref = await self.resolve(target.provider, target.request.spec)
+        return Located(target, ref, self.image_for(ref))
+
     def image_for(self, ref: ResolvedRef) -> ImageSpec:
         return naming.image_spec(ref, self.settings.image_prefix)
 
     async def image_exists(self, image: ImageSpec) -> bool:
-        if self.exists_cache.get(image.name):
+        if image.name in self.known_images:
             return True
         exists = await self.image_store.image_exists(image)
         if exists:
-            self.exists_cache.set(image.name, True, self.settings.image_exists_cache_ttl)
+            self.known_images.remember(image.name)
         return exists
 
-    def submit_build(
-        self, ref: ResolvedRef, image: ImageSpec, provider: RepoProvider | None = None
-    ) -> tuple[Build, bool]:
-        """Start (or join) the build of ``image``. ``provider`` — the one that
-        resolved the spec (a doi/ spec resolves to another provider's ref) —
-        contributes fetch credentials for private repositories."""
-        extra_env = tuple(provider.build_env(ref).items()) if provider is not None else ()
-        job = BuildJob(image=image, ref=ref, push=self.image_store.pushes, extra_env=extra_env)
+    async def ensure_build(self, located: Located, *, force: bool = False) -> tuple[Build | None, bool]:
+        """Start or join the build of ``located.image``: the one place that
+        decides whether a request builds.
+
+        Returns ``(build, created)``: the in-flight build of the image when
+        there is one (``created`` False), a new build when the image is
+        missing or ``force`` (``created`` True), or ``(None, False)`` when the
+        image exists and nothing runs for it. Concurrent calls for one image
+        get one build: between the last await (the store lookup) and the
+        submit nothing yields, and a build that finished during the lookup
+        has already told ``known_images``.
+        """
+        image = located.image
+        if not force:
+            exists = await self.image_exists(image)
+            if exists or image.name in self.known_images:
+                return None, False
+        build, created = self._submit(located)
+        if created and force:
+            build.forced = True
+        return build, created
+
+    def _submit(self, located: Located) -> tuple[Build, bool]:
+        # The provider that resolved the spec (a doi/ spec resolves to another
+        # provider's ref) contributes fetch credentials for private repositories.
+        ref = located.ref
+        extra_env = tuple(located.target.provider.build_env(ref).items())
+        job = BuildJob(image=located.image, ref=ref, push=self.image_store.pushes, extra_env=extra_env)
         return self.builds.submit(job)
 
     # --- the flow ---------------------------------------------------------
 
-    async def run(self, request: BuildRequest) -> AsyncIterator[ProgressEvent]:
+    async def run(self, target: Target) -> AsyncIterator[ProgressEvent]:
+        """The whole flow for a validated request, as progress events."""
+        request = target.request
         timings = StageTimings()
-        ref: ResolvedRef | None = None
-        image: ImageSpec | None = None
-        status, error = "success", None
+        located: Located | None = None
+        outcome, error = RunOutcome.SUCCESS, None
         try:
-            provider = self.validate(request)
             with timings.measure("resolve"):
-                ref = await self.resolve(provider, request.spec)
-                image = self.image_for(ref)
-
+                located = await self.locate(target)
+            image = located.image
             with timings.measure("registry"):
-                exists = False if request.force_rebuild else await self.image_exists(image)
-
-            # No await between this re-check and submit: a build that finished
-            # while we asked the registry has set the cache (see _remember_built),
-            # so we attach to nothing and build nothing twice.
-            if request.force_rebuild or not (exists or self.exists_cache.get(image.name)):
+                build, _ = await self.ensure_build(located, force=request.force_rebuild)
+            if build is not None:
                 with timings.measure("build"):
-                    async for ev in self._follow_build(provider, ref, image):
+                    async for ev in self._follow_build(build):
                         yield ev
 
             if request.build_only or self.launcher is None:
@@ -182,25 +275,30 @@ class Pipeline:
                 return
             yield event(Phase.BUILT, "Found built image, launching...\n", imageName=image.name)
             with timings.measure("launch"):
-                async for ev in self._launch(request, ref, image):
+                async for ev in self._launch(request, located.ref, image):
                     yield ev
         except BinderBuildError as exc:
-            status, error = "failure", exc
+            outcome, error = RunOutcome.FAILURE, exc
             raise
         except BaseException as exc:  # GeneratorExit / CancelledError: client left
-            status, error = "abandoned", exc
+            outcome, error = RunOutcome.ABANDONED, exc
             raise
         finally:
+            report = RunReport(
+                request=request,
+                outcome=outcome,
+                timings=timings,
+                ref=located.ref if located else None,
+                image=located.image if located else None,
+                error=error,
+            )
             for observe in self.observers:
                 try:
-                    observe(request, ref, image, status, timings, error)
+                    observe(report)
                 except Exception:
                     log.exception("pipeline observer failed")
 
-    async def _follow_build(
-        self, provider: RepoProvider, ref: ResolvedRef, image: ImageSpec
-    ) -> AsyncIterator[ProgressEvent]:
-        build, _ = self.submit_build(ref, image, provider)
+    async def _follow_build(self, build: Build) -> AsyncIterator[ProgressEvent]:
         async for _, ev in build.follow():
             if ev.phase in (Phase.BUILT, Phase.FAILED) and build.state.finished:
                 break
@@ -236,7 +334,3 @@ class Pipeline:
                 )
                 return
             yield item
-
-    def _remember_built(self, build: Build) -> None:
-        if build.state is BuildState.SUCCEEDED:
-            self.exists_cache.set(build.image_name, True, self.settings.image_exists_cache_ttl)

@@ -134,7 +134,9 @@ class LaunchQuota:
         counter = self.counter
         try:
             if getattr(counter, "supports_exclude", False):
-                result: Any = counter.count(repo_url, exclude=exclude)  # type: ignore[call-arg]
+                # The ServerCounter protocol has no `exclude`; counters that
+                # set supports_exclude take it (see the module docstring).
+                result: Any = counter.count(repo_url, exclude=exclude)  # type: ignore[call-arg]  # optional extra, see above
             else:
                 result = counter.count(repo_url)
             if inspect.isawaitable(result):

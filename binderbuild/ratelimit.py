@@ -159,7 +159,7 @@ Exemption = Callable[["RequestHandler", BuildRequest], bool]
 
 
 class RateLimitCheck:
-    """Admission check (``Context.admission_checks``) applying the limiter."""
+    """Admission check (``Services.admission_checks``) applying the limiter."""
 
     def __init__(
         self,

@@ -19,8 +19,8 @@ import time
 from base64 import b64encode
 from typing import Any
 
-from binderbuild.errors import RegistryError
-from binderbuild.http import HttpClient, TransportError, redact_url
+from binderbuild.errors import RegistryError, TransportError
+from binderbuild.http import HttpClient, HttpResponse, redact_url
 from binderbuild.models import ImageSpec
 
 MANIFEST_TYPES = ", ".join(
@@ -92,7 +92,7 @@ class RegistryClient(ImageStore):
         raw = f"{self.username}:{self.password}".encode()
         return "Basic " + b64encode(raw).decode()
 
-    async def _get(self, url: str, headers: dict[str, str]) -> Any:
+    async def _get(self, url: str, headers: dict[str, str]) -> HttpResponse:
         try:
             return await self.http.request("GET", url, headers=headers, timeout=self.timeout)
         except TransportError as exc:
@@ -121,12 +121,15 @@ class RegistryClient(ImageStore):
             token = body.get("token") or body["access_token"]
         except (ValueError, KeyError, AttributeError):
             raise RegistryError("Registry token service returned no token.") from None
+        if not isinstance(token, str):
+            # A non-string would fail later as a TypeError in "Bearer " + token.
+            raise RegistryError("Registry token service returned no token.")
         expires_in = float(body.get("expires_in", 60))
         # Renew a little early so a token never expires between check and use.
         self._tokens[scope_key] = (token, time.monotonic() + max(expires_in - 10, 5))
         return token
 
-    async def _authorized_get(self, url: str, scope: str, accept: str = "") -> Any:
+    async def _authorized_get(self, url: str, scope: str, accept: str = "") -> HttpResponse:
         headers = {"Accept": accept} if accept else {}
         cached = self._tokens.get(scope)
         if cached and cached[1] > time.monotonic():

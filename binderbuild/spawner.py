@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -62,7 +63,7 @@ def spawn_error(message: str, status: int = 500, refusal: bool = False) -> web.H
         exc = SpawnException(message, reason="binder-policy", status_code=status)
     else:
         exc = web.HTTPError(status, "%s", message)
-    exc.jupyterhub_message = message  # type: ignore[attr-defined]
+    exc.jupyterhub_message = message  # type: ignore[attr-defined]  # read by JupyterHub, not declared
     return exc
 
 
@@ -72,6 +73,9 @@ class BinderSpawnerMixin(Configurable):
     The container spawner must have an ``image`` attribute that selects the
     image to run (DockerSpawner and KubeSpawner do).
     """
+
+    # Provided by the spawner this is mixed into (a LoggingConfigurable).
+    log: logging.Logger
 
     auth_enabled = Bool(
         False,
@@ -146,7 +150,7 @@ class BinderSpawnerMixin(Configurable):
         if options.get("image"):
             self.image = self.check_binder_image(options["image"])
         self._forget_persisted_token(options)
-        result = super().start()  # type: ignore[misc]
+        result = super().start()  # type: ignore[misc]  # the spawner mixed in after this defines start()
         if inspect.isawaitable(result):
             result = await result
         return result
@@ -188,7 +192,7 @@ class BinderSpawnerMixin(Configurable):
         return lambda spawner, options: None
 
     def get_env(self) -> dict[str, str]:
-        env: dict[str, str] = super().get_env()  # type: ignore[misc]
+        env: dict[str, str] = super().get_env()  # type: ignore[misc]  # defined by the spawner mixed in
         options = self._binder_options()
         for key, name in BINDER_ENV_FIELDS:
             value = options.get(key)
@@ -199,7 +203,7 @@ class BinderSpawnerMixin(Configurable):
         return env
 
     def get_args(self) -> list[str]:
-        args: list[str] = list(super().get_args())  # type: ignore[misc]
+        args: list[str] = list(super().get_args())  # type: ignore[misc]  # defined by the spawner mixed in
         origin = self.cors_allow_origin
         if origin:
             args.append(f"--ServerApp.allow_origin={origin}")
@@ -223,7 +227,7 @@ try:
     import docker.errors
     from dockerspawner import DockerSpawner
 except ImportError:  # pragma: no cover - the hub extra is not installed
-    DockerSpawner = None  # type: ignore[assignment,misc]
+    DockerSpawner = None
 
 
 _RECENT_PORTS: dict[int, float] = {}
@@ -248,7 +252,7 @@ def free_loopback_port(ip: str = "127.0.0.1") -> int:
 
 if DockerSpawner is not None:
 
-    class BinderDockerSpawner(BinderSpawnerMixin, DockerSpawner):  # type: ignore[misc,valid-type]
+    class BinderDockerSpawner(BinderSpawnerMixin, DockerSpawner):  # type: ignore[misc]  # DockerSpawner is untyped (Any)
         """DockerSpawner for Binder launches.
 
         With ``network_name = "host"`` (a machine whose Docker engine has no
@@ -278,6 +282,9 @@ if DockerSpawner is not None:
             20, config=True, help="Log lines of an exited container quoted in the failure."
         )
 
+        # DockerSpawner's Bool trait, declared for the type checker.
+        remove: bool
+
         @default("remove")
         def _default_remove(self) -> bool:
             # Binder servers are disposable: a stopped container is garbage.
@@ -294,7 +301,7 @@ if DockerSpawner is not None:
 
         @property
         def _host_network(self) -> bool:
-            return self.network_name == "host"
+            return bool(self.network_name == "host")
 
         def _progress(self, percent: int, message: str) -> None:
             self._binder_events.append({"progress": percent, "message": message})
@@ -323,7 +330,8 @@ if DockerSpawner is not None:
 
         async def get_command(self) -> list[str]:
             if self.cmd:
-                return await super().get_command()  # type: ignore[no-any-return]
+                command: list[str] = await super().get_command()
+                return command
             # An image with an ENTRYPOINT and no CMD has Cmd null: the command
             # is then the entrypoint with the server's arguments.
             info = await self.docker("inspect_image", self.image)
@@ -366,7 +374,8 @@ if DockerSpawner is not None:
         async def get_ip_and_port(self) -> tuple[str, int]:
             if self._host_network:
                 return self.host_network_ip, int(self.port)
-            return await super().get_ip_and_port()  # type: ignore[no-any-return]
+            ip_port: tuple[str, int] = await super().get_ip_and_port()
+            return ip_port
 
         async def _wait_for_port(self, ip: str, port: int) -> None:
             last_inspect = 0.0

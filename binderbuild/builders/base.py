@@ -4,22 +4,74 @@ A backend turns a ``BuildJob`` into an image: on the local Docker engine
 (``DockerBuilder``) or in a Kubernetes build pod (``KubernetesBuilder``).
 Deduplication, queueing, timeouts and fan-out to clients are *not* the
 backend's job: ``binderbuild.builds.BuildManager`` does them once for all.
+
+Lifecycle, driven by the composition root (``binderbuild.services``):
+
+    construct -> start() -> build()* / check()* -> begin_shutdown() -> close()
+
+Every step but ``build`` has a default here, so a backend implements only
+what it needs. A backend is configured from two sources and no others: its
+own traits (``c.DockerBuilder.*``, ``c.KubernetesBuilder.*``) and the shared
+parts the application hands it explicitly as ``BuildResources``. It never
+reads settings off its traitlets parent.
+
+Backends are found by name through the entry-point group
+``binderbuild.builders`` (``docker``, ``kubernetes``); an import string works
+for backends that are not installed as a package.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from traitlets.config import LoggingConfigurable
 
 from binderbuild.events import ProgressEvent
 from binderbuild.models import BuildJob
+from binderbuild.netsafety import IPNetwork
+from binderbuild.secrets import Scrubber
+
+
+@dataclass(frozen=True)
+class BuildResources:
+    """What the application shares with whichever backend it starts.
+
+    ``docker_host``/``memory_limit`` are BinderHub's application-level
+    options (``build_docker_host``, ``build_memory_limit``); a backend may
+    give them its own meaning (a socket on the node for build pods).
+    ``docker_client`` is set only for backends that build on this machine.
+    """
+
+    scrubber: Scrubber = field(default_factory=Scrubber)
+    docker_host: str = ""
+    memory_limit: int = 0
+    # {"registry": url, "username": ..., "password": ...}; empty without a registry.
+    registry_credentials: Mapping[str, str] = field(default_factory=dict)
+    # Networks repositories may be fetched from although internal
+    # (BinderBuild.allowed_internal_networks): the same for providers and builds.
+    allowed_internal_networks: Sequence[IPNetwork] = ()
+    docker_client: Any = None
 
 
 class Builder(LoggingConfigurable):
-    # traitlets' metaclass cannot be combined with ABCMeta, so "abstract" is
-    # enforced by NotImplementedError rather than at instantiation.
+    """Base of every backend. traitlets' metaclass cannot be combined with
+    ABCMeta, so "abstract" is enforced by ``NotImplementedError``."""
+
+    # Whether build_resources.docker_client must be a client of the local
+    # engine (builds run here). Backends that build elsewhere set False, and
+    # the application then needs no Docker engine at all.
+    needs_local_engine: bool = True
+
+    def __init__(self, *, resources: BuildResources | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.resources = resources or BuildResources()
+
+    async def start(self) -> None:
+        """Connect to the engine or cluster; called once before the first build.
+        Builds must also work without it (``build`` may start lazily)."""
+
     def build(self, job: BuildJob) -> AsyncIterator[ProgressEvent]:
         """Build ``job.image`` (and push it when ``job.push``).
 
@@ -30,10 +82,16 @@ class Builder(LoggingConfigurable):
         consuming task is cancelled the build must be stopped and its
         resources released before the generator finishes.
         """
+        raise NotImplementedError(f"{type(self).__name__} does not implement build()")
 
     async def check(self) -> dict[str, Any]:
         """Health probe of the backend; raises BuildBackendError when down."""
         return {}
+
+    async def begin_shutdown(self) -> None:
+        """The service is stopping. A backend whose builds outlive this process
+        (build pods) stops owning them here, before the build manager cancels
+        its tasks, so they keep running for a restarted replica to re-attach."""
 
     async def close(self) -> None:
         """Release long-lived clients at shutdown."""

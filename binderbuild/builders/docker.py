@@ -26,7 +26,7 @@ import shlex
 import signal
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -40,43 +40,13 @@ from binderbuild.builders.r2d_command import (
     repo2docker_argv,
     repo2docker_config_text,
 )
+from binderbuild.builders.r2d_log import R2dLogReader, exit_failure
 from binderbuild.egress import ENV_PROXY, EgressProxy
 from binderbuild.errors import BuildBackendError, BuildFailed
-from binderbuild.events import Phase, ProgressEvent, event
+from binderbuild.events import ProgressEvent
 from binderbuild.models import BuildJob
-from binderbuild.netsafety import IPNetwork, parse_networks
-from binderbuild.secrets import Scrubber
-
-_R2D_PHASES = {
-    "fetching": Phase.FETCHING,
-    "building": Phase.BUILDING,
-    "pushing": Phase.PUSHING,
-    "built": Phase.BUILDING,
-    "failed": Phase.BUILDING,
-    "failure": Phase.BUILDING,
-    "running": Phase.BUILDING,
-    "launching": Phase.BUILDING,
-}
 
 _MAX_LINE = 1 << 20
-
-
-def parse_log_line(line: str) -> tuple[ProgressEvent, bool]:
-    """Turn one repo2docker output line into an event; also says whether the
-    line reports a failure. Unstructured lines become ``unknown`` events."""
-    try:
-        data = json.loads(line)
-    except ValueError:
-        data = None
-    if not isinstance(data, dict):
-        return event(Phase.UNKNOWN, line + "\n"), False
-    raw_phase = str(data.get("phase", "")).lower()
-    phase = _R2D_PHASES.get(raw_phase, Phase.UNKNOWN)
-    message = str(data.get("message", ""))
-    fields: dict[str, Any] = {}
-    if phase is Phase.PUSHING and isinstance(data.get("progress"), dict):
-        fields["progress"] = data["progress"]
-    return event(phase, message, **fields), raw_phase in ("failed", "failure")
 
 
 class DockerBuilder(Builder):
@@ -124,31 +94,6 @@ class DockerBuilder(Builder):
         Names, not networks: other hosts on the same network stay refused.""",
     )
 
-    def __init__(
-        self,
-        *,
-        docker_host: str = "",
-        memory_limit: int = 0,
-        registry_credentials: Mapping[str, str] | None = None,
-        docker_client: Any = None,
-        scrubber: Scrubber | None = None,
-        allowed_internal_networks: Sequence[IPNetwork] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.docker_host = docker_host
-        self.memory_limit = memory_limit
-        self.registry_credentials = dict(registry_credentials or {})
-        self.docker_client = docker_client
-        self.scrubber = scrubber or Scrubber()
-        if allowed_internal_networks is None:
-            # The same networks the providers may resolve into: the
-            # application's BinderBuild.allowed_internal_networks.
-            allowed_internal_networks = parse_networks(
-                getattr(self.parent, "allowed_internal_networks", None) or []
-            )
-        self.allowed_internal_networks = list(allowed_internal_networks)
-
     def _env(self, job: BuildJob, proxy: EgressProxy | None = None, workdir: str = "") -> dict[str, str]:
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -157,15 +102,17 @@ class DockerBuilder(Builder):
             "GIT_TERMINAL_PROMPT": "0",
             "BINDERBUILD_BUILD_NETWORK": self.build_network,
         }
-        if self.docker_host:
-            env["BINDERBUILD_DOCKER_HOST"] = self.docker_host
-            env["DOCKER_HOST"] = self.docker_host
+        docker_host = self.resources.docker_host
+        if docker_host:
+            env["BINDERBUILD_DOCKER_HOST"] = docker_host
+            env["DOCKER_HOST"] = docker_host
         elif "DOCKER_HOST" in os.environ:
             env["DOCKER_HOST"] = os.environ["DOCKER_HOST"]
-        if self.memory_limit:
-            env["BINDERBUILD_BUILD_MEMORY_LIMIT"] = str(self.memory_limit)
-        if job.push and self.registry_credentials.get("username"):
-            env["CONTAINER_ENGINE_REGISTRY_CREDENTIALS"] = json.dumps(self.registry_credentials)
+        if self.resources.memory_limit:
+            env["BINDERBUILD_BUILD_MEMORY_LIMIT"] = str(self.resources.memory_limit)
+        credentials = dict(self.resources.registry_credentials)
+        if job.push and credentials.get("username"):
+            env["CONTAINER_ENGINE_REGISTRY_CREDENTIALS"] = json.dumps(credentials)
         env.update(self.extra_env)
         env.update(dict(job.extra_env))
         if proxy is not None:
@@ -199,7 +146,7 @@ class DockerBuilder(Builder):
         proxy: EgressProxy | None = None
         if self.egress_filter:
             proxy = EgressProxy(
-                self.allowed_internal_networks, allowed_hosts=self.egress_allowed_hosts
+                self.resources.allowed_internal_networks, allowed_hosts=self.egress_allowed_hosts
             )
             try:
                 await proxy.start()
@@ -224,7 +171,9 @@ class DockerBuilder(Builder):
             if proxy is not None:
                 await proxy.close()
 
-    async def _build(self, job: BuildJob, proxy: EgressProxy | None) -> AsyncIterator[ProgressEvent]:
+    async def _build(
+        self, job: BuildJob, proxy: EgressProxy | None
+    ) -> AsyncGenerator[ProgressEvent, None]:
         with tempfile.TemporaryDirectory(prefix="binderbuild-") as workdir:
             config_path = Path(workdir, "repo2docker_config.py")
             config_path.write_text(repo2docker_config_text(job.ref.content_provider))
@@ -254,27 +203,17 @@ class DockerBuilder(Builder):
                 )
             except OSError as exc:
                 raise BuildBackendError(f"Could not start repo2docker: {exc}") from None
-            failure_messages: list[str] = []
-            tail: list[str] = []
+            log = R2dLogReader(self.resources.scrubber)
             try:
                 assert proc.stdout is not None
                 async for line in _lines(proc.stdout):
-                    line = self.scrubber.scrub(line)
-                    ev, is_failure = parse_log_line(line)
-                    if ev.message.strip():
-                        tail = (tail + [ev.message.strip()])[-5:]
-                    if is_failure and ev.message.strip():
-                        failure_messages.append(ev.message.strip())
-                    yield ev
+                    yield log.read(line)
                 code = await proc.wait()
             finally:
                 if proc.returncode is None:
                     await self._stop(proc)
         if code != 0:
-            reason = failure_messages[-1] if failure_messages else (tail[-1] if tail else "")
-            raise BuildFailed(
-                f"repo2docker exited with code {code}" + (f": {reason}" if reason else "")
-            )
+            raise exit_failure(code, log)
 
     async def _stop(self, proc: asyncio.subprocess.Process) -> None:
         """Stop the whole process group: TERM, then KILL after the grace period."""
@@ -288,12 +227,13 @@ class DockerBuilder(Builder):
                 continue
 
     async def check(self) -> dict[str, Any]:
-        if self.docker_client is None:
+        client = self.resources.docker_client
+        if client is None:
             return {}
         import docker.errors
 
         try:
-            version = await asyncio.to_thread(self.docker_client.version)
+            version = await asyncio.to_thread(client.version)
         except (docker.errors.DockerException, OSError) as exc:
             raise BuildBackendError(f"Docker engine unreachable: {exc}") from None
         return {"engine": "docker", "version": version.get("Version", "")}

@@ -16,13 +16,14 @@ How one ``build(job)`` goes:
    once instead of waiting for the deadline.
 3. **Stream its log.** One log reader per build per process; the
    ``BuildManager`` fans its events out to every client. Lines are
-   repo2docker's JSON logs, parsed by the local backend's ``parse_log_line``.
+   repo2docker's JSON logs, read by ``r2d_log.R2dLogReader`` as the local
+   backend reads its subprocess's output.
    If the stream breaks while the container still runs, it is resumed from
    the last timestamp seen, skipping lines already delivered.
 4. **Read the outcome from the pod status**: success returns; a failure
    raises ``BuildFailed`` with the reason from the status (out of memory,
    evicted, deadline exceeded, exit code) plus repo2docker's own failure
-   message.
+   message (``r2d_log.status_failure``).
 
 Cleanup: the creating process deletes its pod when the build ends (and when
 its build is cancelled); a sweep in every replica deletes finished pods
@@ -31,7 +32,7 @@ older than ``build_max_age``. Deletions carry the pod's uid as a
 precondition, so a late cleanup never removes the next build of the same
 image.
 
-Service restarts: at shutdown the app calls ``begin_shutdown()`` before it
+Service restarts: at shutdown the app awaits ``begin_shutdown()`` before it
 cancels its builds, so cancelled builds leave their pods running. After the
 restart a client asking for the same image gets 409 and re-attaches.
 """
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -48,8 +50,8 @@ from traitlets import Bool, CaselessStrEnum, Dict, Float, Integer, List, Unicode
 
 from binderbuild import __version__
 from binderbuild.builders import pod_manifests as pm
-from binderbuild.builders.base import Builder
-from binderbuild.builders.docker import parse_log_line
+from binderbuild.builders.base import Builder, BuildResources
+from binderbuild.builders.r2d_log import R2dLogReader, status_failure
 from binderbuild.errors import BuildBackendError, BuildFailed
 from binderbuild.events import Phase, ProgressEvent, event
 from binderbuild.k8s_api import PodAPI, close_core_api, current_namespace, make_core_api
@@ -69,7 +71,6 @@ from binderbuild.k8s_status import (
 )
 from binderbuild.k8s_watch import PodWatcher
 from binderbuild.models import BuildJob
-from binderbuild.secrets import Scrubber
 
 DEFAULT_SOCKET = "/var/run/binderbuild-dind/docker.sock"
 
@@ -80,6 +81,9 @@ class _Unstartable(Exception):
 
 class KubernetesBuilder(Builder):
     """repo2docker in build pods, on the Docker daemons of a builder DaemonSet."""
+
+    # Builds run on the builder DaemonSet's daemons: no local engine needed.
+    needs_local_engine = False
 
     # --- where and what --------------------------------------------------------
     kubeconfig = Unicode(
@@ -271,20 +275,21 @@ class KubernetesBuilder(Builder):
     def __init__(
         self,
         *,
-        docker_host: str = "",
-        memory_limit: int = 0,
-        registry_credentials: Mapping[str, str] | None = None,
-        docker_client: Any = None,
-        scrubber: Scrubber | None = None,
+        resources: BuildResources | None = None,
         k8s_api: Any = None,
         **kwargs: Any,
     ) -> None:
         """``k8s_api``: a ``kubernetes_asyncio`` ``CoreV1Api`` (or an object with
         the same methods). Default: one made at first use from the in-cluster
-        service account or the kubeconfig, and closed by ``close()``."""
-        super().__init__(**kwargs)
+        service account or the kubeconfig, and closed by ``close()``.
+
+        Of ``resources``, build pods use the scrubber, the memory limit and
+        ``docker_host`` (see below); never the docker client: the build runs
+        on a node's builder daemon, and pushes with ``push_secret``."""
+        super().__init__(resources=resources, **kwargs)
         # BinderHub configured the socket as BinderHub.build_docker_host (which
-        # reaches us as docker_host); our own option, when set, wins.
+        # reaches us as resources.docker_host); our own option, when set, wins.
+        docker_host = self.resources.docker_host
         if docker_host and not self._configured("build_docker_host"):
             if docker_host.startswith(("unix://", "/")):
                 self.build_docker_host = docker_host
@@ -293,10 +298,7 @@ class KubernetesBuilder(Builder):
                     "Ignoring build docker host %r: build pods need a unix socket path on the node",
                     docker_host,
                 )
-        self.memory_limit = memory_limit
-        self.scrubber = scrubber or Scrubber()
-        creds = dict(registry_credentials or {})
-        if creds.get("username") and not self.push_secret:
+        if self.resources.registry_credentials.get("username") and not self.push_secret:
             self.log.warning(
                 "Registry credentials are configured but KubernetesBuilder.push_secret is "
                 "empty: build pods will push without credentials."
@@ -344,7 +346,7 @@ class KubernetesBuilder(Builder):
             cpu_request=self.build_cpu_request,
             cpu_limit=self.build_cpu_limit,
             memory_request=self.build_memory_request,
-            memory_limit=int(self.memory_limit or 0),
+            memory_limit=int(self.resources.memory_limit or 0),
             scratch_size_limit=self.build_scratch_size_limit,
             active_deadline_seconds=self.build_active_deadline_seconds,
             priority_class_name=self.build_priority_class_name,
@@ -386,7 +388,7 @@ class KubernetesBuilder(Builder):
                 )
             self._started = True
 
-    def begin_shutdown(self) -> None:
+    async def begin_shutdown(self) -> None:
         """From now on, cancelled builds leave their pods running, so the next
         instance of the service can re-attach to them."""
         self._shutting_down = True
@@ -512,7 +514,7 @@ class KubernetesBuilder(Builder):
                 self.log.info("Replacing old build pod %s (%s)", name, phase(existing))
                 await api.delete_pod(self.namespace, name, uid=old)
                 if not await watcher.wait_for(
-                    lambda old=old: _gone(watcher, name, old), timeout=60.0
+                    functools.partial(_gone, watcher, name, old), timeout=60.0
                 ):
                     raise BuildBackendError(f"Old build pod {name} was not deleted within 60 s.")
                 continue
@@ -548,30 +550,19 @@ class KubernetesBuilder(Builder):
             await changed.wait()
 
         # 2. The log, if the container ever ran.
-        failures: list[str] = []
-        messages: list[str] = []
+        log = R2dLogReader(self.resources.scrubber)
         if _container_started(pod) or _container_ran(pod):
             async for line in self._log_lines(api, watcher, name, pod_uid, tail):
-                ev, is_failure = parse_log_line(self.scrubber.scrub(line))
-                text = ev.message.strip()
-                if text:
-                    messages = (messages + [text])[-5:]
-                    if is_failure:
-                        failures.append(text)
-                yield ev
+                yield log.read(line)
 
         # 3. The verdict, from the pod status.
         final = await self._final_state(api, watcher, name, pod_uid)
         result = outcome(final, pm.CONTAINER_NAME) if final is not None else None
         if result is True:
             return
-        if result is None:
+        if result is None or final is None:
             raise BuildFailed("The build pod was deleted before the build finished.")
-        reason = failure_reason(final, pm.CONTAINER_NAME)  # type: ignore[arg-type]
-        detail = failures[-1] if failures else ""
-        if detail and detail not in reason:
-            reason = f"{reason.rstrip('.')}: {detail}"
-        raise BuildFailed(reason)
+        raise status_failure(failure_reason(final, pm.CONTAINER_NAME), log)
 
     async def _final_state(
         self, api: PodAPI, watcher: PodWatcher, name: str, pod_uid: str
@@ -767,7 +758,7 @@ def _is_ready(pod: Mapping[str, Any]) -> bool:
         return False
     for condition in (pod.get("status") or {}).get("conditions") or []:
         if condition.get("type") == "Ready":
-            return condition.get("status") == "True"
+            return bool(condition.get("status") == "True")
     return False
 
 

@@ -23,7 +23,7 @@ import copy
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -37,20 +37,22 @@ from binderbuild.auth import ApiTokens, api_caller
 from binderbuild.builds import Build, BuildState
 from binderbuild.errors import (
     BinderBuildError,
+    Conflict,
     Forbidden,
     NotFound,
     RateLimited,
-    RequestError,
     SpecError,
+    UnsupportedMediaType,
 )
 from binderbuild.events import ProgressEvent
 from binderbuild.handlers.base import BaseHandler
 from binderbuild.handlers.build import EventStreamHandler
-from binderbuild.history import BuildHistory, BuildRecord, record_finished_builds
+from binderbuild.history import BuildHistory, BuildRecord
 from binderbuild.models import BuildJob, BuildRequest, ResolvedRef
+from binderbuild.pipeline import lookup_provider
 
 if TYPE_CHECKING:
-    from binderbuild.context import Context
+    from binderbuild.providers.base import RepoProvider
 
 OPENAPI_PATH = Path(__file__).resolve().parent.parent / "openapi.yaml"
 MAX_LIST = 200
@@ -70,10 +72,15 @@ class BuildsAPI(LoggingConfigurable):
     )
 
     def __init__(
-        self, *, ctx: Context, history: BuildHistory, api_tokens: ApiTokens, **kwargs: Any
+        self,
+        *,
+        providers: Mapping[str, RepoProvider],
+        history: BuildHistory,
+        api_tokens: ApiTokens,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.ctx = ctx
+        self.providers = providers
         self.history = history
         # Holders of BinderBuild.api_tokens are the "authorized callers".
         self.api_tokens = api_tokens
@@ -87,7 +94,7 @@ class BuildsAPI(LoggingConfigurable):
             return ref.repo_url
 
     def repo_of_spec(self, provider_id: str, spec: str) -> str:
-        return self.ctx.pipeline.provider(provider_id).parse(spec).repo
+        return lookup_provider(self.providers, provider_id).parse(spec).repo
 
     def claim_forced_rebuild(self, provider_id: str, repo: str) -> None:
         """Raise RateLimited while the repository's cooldown runs, else start it."""
@@ -101,17 +108,6 @@ class BuildsAPI(LoggingConfigurable):
                 retry_after=wait,
             )
         self._last_forced[key] = now
-
-
-def setup_builds_api(parent: Any, ctx: Context, data_dir: str) -> BuildsAPI:
-    """Create the history store and the API's state; called once at startup."""
-    history = BuildHistory(data_dir, parent=parent, log=parent.log)
-    tokens = ApiTokens(dict(getattr(parent, "api_tokens", None) or {}))
-    api = BuildsAPI(parent=parent, log=parent.log, ctx=ctx, history=history, api_tokens=tokens)
-    record_finished_builds(history, ctx.builds, api.repo_of)
-    ctx.services["history"] = history
-    ctx.services["builds_api"] = api
-    return api
 
 
 def api_handlers(base_url: str) -> list[tuple[str, type[BaseHandler]]]:
@@ -129,21 +125,13 @@ def api_handlers(base_url: str) -> list[tuple[str, type[BaseHandler]]]:
 # --- authorization ------------------------------------------------------------
 
 # Authorized callers (may cancel and force rebuilds) are the holders of
-# BinderBuild.api_tokens, checked with binderbuild.auth. The swap point for
-# other rules: a callable installed as ctx.services["api_authorizer"]
-# receives the handler and returns True (authorized), False (credentials
-# given but refused) or None (no credentials).
-Authorizer = Callable[[BaseHandler], "bool | None"]
-
-
+# BinderBuild.api_tokens, checked with binderbuild.auth.
 def caller_authorized(handler: BaseHandler) -> bool | None:
-    hook: Authorizer | None = handler.ctx.services.get("api_authorizer")
-    if hook is not None:
-        return hook(handler)
+    """True (authorized), False (credentials given but refused) or None (no
+    credentials)."""
     if not handler.request.headers.get("Authorization"):
         return None
-    api: BuildsAPI = handler.ctx.services["builds_api"]
-    return api_caller(handler, api.api_tokens) is not None
+    return api_caller(handler, handler.ctx.api_tokens) is not None
 
 
 # --- helpers --------------------------------------------------------------------
@@ -223,7 +211,7 @@ def _parse_bool(value: Any, name: str, default: bool) -> bool:
 def _parse_build_body(handler: BaseHandler) -> dict[str, Any]:
     content_type = handler.request.headers.get("Content-Type", "")
     if content_type.split(";")[0].strip().lower() != "application/json":
-        raise _UnsupportedMediaType(
+        raise UnsupportedMediaType(
             "Send the build request as JSON (Content-Type: application/json)."
         )
     try:
@@ -254,14 +242,6 @@ def _parse_build_body(handler: BaseHandler) -> dict[str, Any]:
     }
 
 
-class _UnsupportedMediaType(RequestError):
-    pass
-
-
-class _Conflict(RequestError):
-    pass
-
-
 def _event_index(value: str | None) -> int:
     """The index of the last event a client saw (Last-Event-ID); -1: none."""
     if value is None or value == "":
@@ -275,23 +255,15 @@ def _event_index(value: str | None) -> int:
 
 
 class ApiHandler(BaseHandler):
-    """JSON errors for every failure, statuses from binderbuild.errors."""
+    """JSON errors for every failure (``BaseHandler.write_error``)."""
 
     @property
     def api(self) -> BuildsAPI:
-        return self.ctx.services["builds_api"]  # type: ignore[no-any-return]
+        return self.ctx.builds_api
 
     @property
     def history(self) -> BuildHistory:
         return self.api.history
-
-    def send_binder_error(self, exc: BinderBuildError) -> None:
-        if isinstance(exc, _UnsupportedMediaType):
-            self.write_json({"message": exc.message, "status_code": 415}, 415)
-        elif isinstance(exc, _Conflict):
-            self.write_json({"message": exc.message, "status_code": 409}, 409)
-        else:
-            super().send_binder_error(exc)
 
     def require_authorized(self, action: str) -> bool:
         """Write 401/403 and return False unless the caller is authorized."""
@@ -326,12 +298,6 @@ def _plausible_id(build_id: str) -> bool:
 
 class BuildsHandler(ApiHandler):
     async def post(self) -> None:
-        try:
-            await self._post()
-        except BinderBuildError as exc:
-            self.send_binder_error(exc)
-
-    async def _post(self) -> None:
         body = _parse_build_body(self)
         force = body["force_rebuild"]
         # Other credentials (a hub user's token) are the admission checks'
@@ -352,36 +318,30 @@ class BuildsHandler(ApiHandler):
             launch_host=self.launch_host,
         )
         pipeline = self.ctx.pipeline
-        provider = pipeline.validate(request)
+        target = pipeline.validate(request)
         await self.ctx.admit(self, request)
-        ref = await pipeline.resolve(provider, request.spec)
-        image = pipeline.image_for(ref)
+        located = await pipeline.locate(target)
+        image = located.image
         builds = self.ctx.builds
+        # No await between this check, the cooldown claim and ensure_build's
+        # submit: a forced POST that joins a running build claims nothing.
+        if force and builds.active_for(image.build_name) is None:
+            self.api.claim_forced_rebuild(located.ref.provider_id, self.api.repo_of(located.ref))
+        build, created = await pipeline.ensure_build(located, force=force)
+        if build is not None:
+            return self._respond(build, created)
 
+        # The image exists. Give the caller a build id for it: the running
+        # (forced) build, else the last one remembered or stored, else a
+        # record that it was found.
         active = builds.active_for(image.build_name)
         if active is not None:
             return self._respond(active, created=False)
-        if force:
-            self.api.claim_forced_rebuild(ref.provider_id, self.api.repo_of(ref))
-            build, created = pipeline.submit_build(ref, image, provider)
-            if created:
-                build.forced = True
-            return self._respond(build, created)
-
-        exists = await pipeline.image_exists(image)
-        # Everything from here to submit/record is synchronous or re-checked
-        # after its await, so concurrent POSTs for one image meet in the
-        # BuildManager and get one build.
-        active = builds.active_for(image.build_name)
-        if active is not None:
-            return self._respond(active, created=False)
-        if not exists:
-            build, created = pipeline.submit_build(ref, image, provider)
-            return self._respond(build, created)
         known = builds.latest_for(image.build_name)
         if known is not None and known.state is BuildState.SUCCEEDED:
             return self._respond(known, created=False)
         stored = await self.history.latest_success(image.build_name)
+        # Re-checked after the await: a build may have started or finished meanwhile.
         known = builds.latest_for(image.build_name)
         if known is not None and known.state in (
             BuildState.SUCCEEDED,
@@ -393,7 +353,7 @@ class BuildsHandler(ApiHandler):
             self.set_header("Location", f"{self.ctx.settings.base_url}api/builds/{stored.id}")
             self.write_json(build_json(stored, self.ctx.settings.base_url))
             return None
-        job = BuildJob(image=image, ref=ref, push=self.ctx.image_store.pushes)
+        job = BuildJob(image=image, ref=located.ref, push=self.ctx.image_store.pushes)
         return self._respond(builds.record_existing(job), created=True)
 
     def _respond(self, build: Build, created: bool) -> None:
@@ -405,12 +365,6 @@ class BuildsHandler(ApiHandler):
         )
 
     async def get(self) -> None:
-        try:
-            await self._list()
-        except BinderBuildError as exc:
-            self.send_binder_error(exc)
-
-    async def _list(self) -> None:
         given = {
             name: self.get_query_argument(name, None)
             for name in ("provider", "repo", "spec", "limit")
@@ -452,11 +406,7 @@ class BuildsHandler(ApiHandler):
 
 class BuildResourceHandler(ApiHandler):
     async def get(self, build_id: str) -> None:
-        try:
-            record, live = await self.find(build_id)
-        except BinderBuildError as exc:
-            self.send_binder_error(exc)
-            return
+        record, live = await self.find(build_id)
         if live is not None:
             live.touch()  # a status poll counts as watching (abandoned-build policy)
         self.write_json(build_json(record, self.ctx.settings.base_url, live))
@@ -464,26 +414,18 @@ class BuildResourceHandler(ApiHandler):
     async def delete(self, build_id: str) -> None:
         if not self.require_authorized("cancel builds"):
             return
-        try:
-            record, live = await self.find(build_id)
-            if live is None or live.state.finished:
-                raise _Conflict(f"Build {build_id} has already finished ({record.state}).")
-            await self.ctx.builds.cancel(build_id, "Build cancelled by an API caller.")
-        except BinderBuildError as exc:
-            self.send_binder_error(exc)
-            return
+        record, live = await self.find(build_id)
+        if live is None or live.state.finished:
+            raise Conflict(f"Build {build_id} has already finished ({record.state}).")
+        await self.ctx.builds.cancel(build_id, "Build cancelled by an API caller.")
         record = BuildRecord.from_build(live, self.api.repo_of(live.job.ref))
         self.write_json(build_json(record, self.ctx.settings.base_url, live))
 
 
 class BuildLogHandler(ApiHandler):
     async def get(self, build_id: str) -> None:
-        try:
-            _, live = await self.find(build_id)
-            events = list(live.events) if live is not None else await self.history.events(build_id)
-        except BinderBuildError as exc:
-            self.send_binder_error(exc)
-            return
+        _, live = await self.find(build_id)
+        events = list(live.events) if live is not None else await self.history.events(build_id)
         self.set_header("Content-Type", "text/plain; charset=UTF-8")
         self.finish("".join(ev.message for ev in events or []))
 
@@ -497,25 +439,21 @@ class BuildEventsHandler(ApiHandler, EventStreamHandler):
     """
 
     async def get(self, build_id: str) -> None:
-        try:
-            after = _event_index(
-                self.request.headers.get("Last-Event-ID")
-                if "Last-Event-ID" in self.request.headers
-                else self.get_query_argument("last_event_id", None)
-            )
-            _, live = await self.find(build_id)
-            if live is not None:
-                total = len(live.events)
-                events: AsyncIterator[tuple[int | None, ProgressEvent]] = _live(live, after)
-            else:
-                stored = await self.history.events(build_id) or []
-                total = len(stored)
-                events = _replay(stored, after)
-            if after >= total and (live is None or live.state.finished):
-                raise SpecError(f"Last-Event-ID {after} is past the last event ({total - 1}).")
-        except BinderBuildError as exc:
-            self.send_binder_error(exc)
-            return
+        after = _event_index(
+            self.request.headers.get("Last-Event-ID")
+            if "Last-Event-ID" in self.request.headers
+            else self.get_query_argument("last_event_id", None)
+        )
+        _, live = await self.find(build_id)
+        if live is not None:
+            total = len(live.events)
+            events: AsyncIterator[tuple[int | None, ProgressEvent]] = _live(live, after)
+        else:
+            stored = await self.history.events(build_id) or []
+            total = len(stored)
+            events = _replay(stored, after)
+        if after >= total and (live is None or live.state.finished):
+            raise SpecError(f"Last-Event-ID {after} is past the last event ({total - 1}).")
         self.start_stream()
         await self.stream(events)
 
@@ -546,15 +484,11 @@ class ImageHandler(ApiHandler):
             launch_host=self.launch_host,
         )
         pipeline = self.ctx.pipeline
-        try:
-            provider = pipeline.validate(request)
-            await self.ctx.admit(self, request)
-            ref = await pipeline.resolve(provider, spec)
-            image = pipeline.image_for(ref)
-            digest = await self.ctx.image_store.image_digest(image)
-        except BinderBuildError as exc:
-            self.send_binder_error(exc)
-            return
+        target = pipeline.validate(request)
+        await self.ctx.admit(self, request)
+        located = await pipeline.locate(target)
+        ref, image = located.ref, located.image
+        digest = await self.ctx.image_store.image_digest(image)
         found = {
             "provider": provider_id,
             "spec": spec,

@@ -1,4 +1,12 @@
-"""Shared handler behaviour: the context, client identity, JSON errors."""
+"""Shared handler behaviour: the services, client identity, and the one place
+where errors become HTTP answers.
+
+A handler raises ``BinderBuildError`` subclasses and never catches them to
+answer: ``write_error`` turns any error that escapes a handler into its
+class's status (``errors.error_status``) with a JSON body
+``{"message", "status_code"}`` (pages render the same as HTML). Tornado calls
+it for every uncaught exception, so there is no per-handler try/except.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +16,17 @@ from typing import TYPE_CHECKING, Any
 
 from tornado.web import HTTPError, RequestHandler
 
-from binderbuild.errors import BinderBuildError
-from binderbuild.handlers.errors import http_status, retry_after
+from binderbuild.errors import BinderBuildError, error_status, retry_after
 
 if TYPE_CHECKING:
-    from binderbuild.context import Context
+    from binderbuild.services import Services
 
 log = logging.getLogger("binderbuild.web")
 
 
 class BaseHandler(RequestHandler):
     @property
-    def ctx(self) -> Context:
+    def ctx(self) -> Services:
         return self.settings["binderbuild"]  # type: ignore[no-any-return]
 
     def raw_provider_and_spec(self, route_prefix: str) -> tuple[str, str]:
@@ -60,12 +67,42 @@ class BaseHandler(RequestHandler):
         self.finish(json.dumps(data))
 
     def send_binder_error(self, exc: BinderBuildError) -> None:
-        status = http_status(exc)
+        """Answer with ``exc``'s status and message (also used by handlers that
+        must answer an error without raising, e.g. inside a stream)."""
+        status = error_status(exc)
         if (after := retry_after(exc)) is not None:
             self.set_header("Retry-After", str(int(after) + 1))
         self.write_json({"message": exc.message, "status_code": status}, status)
 
+    def error_answer(self, status_code: int, kwargs: dict[str, Any]) -> tuple[int, str]:
+        """(status, message) of the error Tornado is about to answer."""
+        exc_info = kwargs.get("exc_info")
+        exc = exc_info[1] if exc_info else None
+        if isinstance(exc, BinderBuildError):
+            status = error_status(exc)
+            self.set_status(status)
+            if (after := retry_after(exc)) is not None:
+                self.set_header("Retry-After", str(int(after) + 1))
+            return status, exc.message
+        if isinstance(exc, HTTPError) and exc.log_message:
+            return status_code, exc.log_message
+        return status_code, self._reason
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        # A BinderBuildError is an answer, not a crash: one line, no traceback.
+        if isinstance(value, BinderBuildError):
+            log.info(
+                "%s %s -> %s: %s",
+                self.request.method,
+                self.request.path,
+                error_status(value),
+                value.message,
+            )
+            return
+        super().log_exception(typ, value, tb)
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
+        status_code, message = self.error_answer(status_code, kwargs)
         if status_code == 405:
             # RFC 9110: a 405 names the methods the resource supports.
             allowed = [
@@ -74,9 +111,5 @@ class BaseHandler(RequestHandler):
                 if getattr(type(self), method.lower()) is not getattr(RequestHandler, method.lower())
             ]
             self.set_header("Allow", ", ".join(allowed))
-        message = self._reason
-        exc_info = kwargs.get("exc_info")
-        if exc_info and isinstance(exc_info[1], HTTPError) and exc_info[1].log_message:
-            message = exc_info[1].log_message
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.finish(json.dumps({"message": message, "status_code": status_code}))

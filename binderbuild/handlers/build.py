@@ -9,10 +9,9 @@ from collections.abc import AsyncIterator
 
 from tornado.iostream import StreamClosedError
 
-from binderbuild.errors import BinderBuildError, RequestError
+from binderbuild.errors import BinderBuildError, error_status
 from binderbuild.events import KEEPALIVE, NO_RECONNECT, ProgressEvent, encode_sse, failed
 from binderbuild.handlers.base import BaseHandler
-from binderbuild.handlers.errors import http_status
 from binderbuild.models import BuildRequest
 
 log = logging.getLogger("binderbuild.web")
@@ -41,7 +40,7 @@ class EventStreamHandler(BaseHandler):
                 async for item in events:
                     await queue.put(item)
             except BinderBuildError as exc:
-                await queue.put((None, failed(exc.message, http_status(exc))))
+                await queue.put((None, failed(exc.message, error_status(exc))))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -114,14 +113,12 @@ class BuildHandler(EventStreamHandler):
             user=await self.ctx.current_user_name(self),
             launch_host=self.launch_host,
         )
-        try:
-            self.ctx.pipeline.validate(request)
-            await self.ctx.admit(self, request)
-        except RequestError as exc:
-            self.send_binder_error(exc)
-            return
+        # Errors here (unknown provider, bad spec, refused) are raised before
+        # the stream starts, so they are plain HTTP answers (write_error).
+        target = self.ctx.pipeline.validate(request)
+        await self.ctx.admit(self, request)
         self.start_stream()
-        await self.stream(_unnumbered(self.ctx.pipeline.run(request)))
+        await self.stream(_unnumbered(self.ctx.pipeline.run(target)))
 
 
 async def _unnumbered(

@@ -92,9 +92,8 @@ class HealthChecker:
 
 class HealthHandler(BaseHandler):
     async def _result(self) -> dict[str, Any]:
-        checker: HealthChecker = self.ctx.services["health"]
         self.set_header("Cache-Control", "no-store")
-        return await checker.run()
+        return await self.ctx.health.run()
 
     async def get(self) -> None:
         result = await self._result()

@@ -32,14 +32,12 @@ from tornado.web import HTTPError, StaticFileHandler
 from traitlets import Dict, HasTraits, Unicode, validate
 
 from binderbuild import __version__
-from binderbuild.errors import BinderBuildError, Forbidden
+from binderbuild.errors import BinderBuildError
 from binderbuild.handlers.base import BaseHandler
-from binderbuild.handlers.errors import http_status
-from binderbuild.tokens import BuildTokens
+from binderbuild.models import BuildRequest
 
 if TYPE_CHECKING:
-    from binderbuild.context import Context
-    from binderbuild.providers.base import ParsedSpec, RepoProvider
+    pass
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 DEFAULT_TEMPLATES = ROOT / "templates"
@@ -192,18 +190,6 @@ def page_handlers(base_url: str, options: PageOptions) -> list[tuple[Any, ...]]:
             (rf"{base}{prefix}/(.*)", StaticHandler, {"path": options.extra_static_path})
         )
     return routes
-
-
-def build_tokens(ctx: Context) -> BuildTokens:
-    """The service's one BuildTokens: the rate limiter verifies what pages issue.
-
-    Looked up where the service wiring puts it (``ctx.services["build_tokens"]``);
-    made there on first use when the wiring has none, so issuer and verifier
-    always share one secret."""
-    tokens = ctx.services.get("build_tokens")
-    if tokens is None:
-        tokens = ctx.services.setdefault("build_tokens", BuildTokens())
-    return tokens  # type: ignore[no-any-return]
 
 
 # ---------------------------------------------------------------- open paths
@@ -365,9 +351,9 @@ class PageHandler(BaseHandler):
     """Renders templates with the shared namespace; errors become HTML pages."""
 
     async def login_redirect(self) -> bool:
-        """With hub login on (``ctx.services["hub_auth"]``), send an anonymous
+        """With hub login on (``Services.hub_auth``), send an anonymous
         browser to the hub's login and back; True when it did."""
-        hub_auth = self.ctx.services.get("hub_auth")
+        hub_auth = self.ctx.hub_auth
         if hub_auth is None or await self.ctx.current_user_name(self):
             return False
         from binderbuild.auth import hub_login_url
@@ -440,10 +426,10 @@ class PageHandler(BaseHandler):
         self.finish(html)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        message = ""
-        exc_info = kwargs.get("exc_info")
-        if exc_info and isinstance(exc_info[1], HTTPError) and exc_info[1].log_message:
-            message = exc_info[1].log_message
+        status_code, message = self.error_answer(status_code, kwargs)
+        exc = (kwargs.get("exc_info") or (None, None))[1]
+        if not isinstance(exc, BinderBuildError | HTTPError):
+            message = ""  # an unexpected crash: the page's reason phrase says enough
         self.render_error(status_code, message)
 
     def render_error(self, status_code: int, message: str) -> None:
@@ -483,28 +469,16 @@ class LoadingHandler(PageHandler):
     it reconnects after the first one expired.
     """
 
-    def lookup(self) -> tuple[str, str, RepoProvider, ParsedSpec]:
-        provider_id, spec = self.raw_provider_and_spec("v2/")
-        try:
-            provider = self.ctx.pipeline.provider(provider_id)
-            parsed = provider.parse(spec)
-            if provider.is_banned(spec):
-                raise Forbidden(f"Sorry, {provider_id}/{spec} is not allowed here.")
-        except BinderBuildError as exc:  # UnknownProvider, SpecError, Forbidden, ...
-            raise _PageError(http_status(exc), exc.message) from None
-        return provider_id, spec, provider, parsed
-
     async def get(self, provider_id: str, spec: str) -> None:
         if not self._wants_json() and await self.login_redirect():
             return
-        try:
-            provider_id, spec, provider, parsed = self.lookup()
-        except _PageError as exc:
-            if self._wants_json():
-                self.write_json({"message": exc.message, "status_code": exc.status}, exc.status)
-            else:
-                self.render_error(exc.status, exc.message)
-            return
+        provider_id, spec = self.raw_provider_and_spec("v2/")
+        # UnknownProvider, SpecError, Forbidden...: answered by write_error,
+        # as JSON or as an HTML page (see _wants_json).
+        target = self.ctx.pipeline.validate(
+            BuildRequest(provider_id=provider_id, spec=spec, launch_host=self.launch_host)
+        )
+        provider, parsed = target.provider, target.parsed
         params, rejected = check_open_params(
             {name: self.get_argument(name, None) for name in OPEN_PARAMS}
         )
@@ -513,7 +487,7 @@ class LoadingHandler(PageHandler):
         except UnsafePath:  # pragma: no cover - every value was checked alone
             opens = ""
         base_url = self.ctx.settings.base_url
-        token = build_tokens(self.ctx).issue(provider_id, spec, self.origin)
+        token = self.ctx.build_tokens.issue(provider_id, spec, self.origin)
         config = {
             "baseUrl": base_url,
             "provider": provider_id,
@@ -547,16 +521,15 @@ class LoadingHandler(PageHandler):
             page_config=script_json(config),
         )
 
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if self._wants_json():
+            BaseHandler.write_error(self, status_code, **kwargs)
+        else:
+            super().write_error(status_code, **kwargs)
+
     def _wants_json(self) -> bool:
         accept = self.request.headers.get("Accept", "")
         return "application/json" in accept and "text/html" not in accept
-
-
-class _PageError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 class AboutHandler(PageHandler):

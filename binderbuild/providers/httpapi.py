@@ -25,8 +25,15 @@ from urllib.parse import urljoin, urlsplit
 
 from traitlets import Float, Integer
 
-from binderbuild.errors import ConfigError, ProviderError, ProviderRateLimited, SpecError, UnsafeURL
-from binderbuild.http import HttpClient, HttpResponse, TransportError, redact_url
+from binderbuild.errors import (
+    ConfigError,
+    ProviderError,
+    ProviderRateLimited,
+    SpecError,
+    TransportError,
+    UnsafeURL,
+)
+from binderbuild.http import HttpClient, HttpResponse, redact_url
 from binderbuild.netsafety import IPAddress, address_allowed, resolve_host
 from binderbuild.providers.base import RepoProvider
 

@@ -60,7 +60,8 @@ from traitlets.config import Config
 from traitlets.config.loader import PyFileConfigLoader
 from traitlets.utils.importstring import import_item
 
-from binderbuild.http import HttpClient, HttpRequestSpec, HttpResponse, TransportError
+from binderbuild.errors import TransportError
+from binderbuild.http import HttpClient, HttpRequestSpec, HttpResponse
 
 # Request headers worth keeping in a recording: they change the answer.
 _MATCH_HEADERS = ("if-none-match", "if-modified-since", "accept")

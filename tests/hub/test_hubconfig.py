@@ -124,7 +124,7 @@ def test_launcher_reads_binderbuild_and_binderhub_options(monkeypatch) -> None:
     app = BinderBuild(config=config)
     http = HttpClient()
     try:
-        launcher = HubLauncher(parent=app, http=http)
+        launcher = HubLauncher(parent=app, http=http, settings=HubSettings.from_app(app))
         assert launcher.retries == 2 and launcher.launch_timeout == 42.0
         assert launcher.settings.per_repo_quota == 7 and launcher.settings.pod_quota == 0
         assert launcher.quota.total_quota == 0

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import pytest
 from traitlets.config import Config
 
+from binderbuild.builders.base import BuildResources
 from binderbuild.builders.kubernetes import KubernetesBuilder
 from binderbuild.events import ProgressEvent
 from binderbuild.models import BuildJob, ImageSpec, ResolvedRef
@@ -84,8 +85,7 @@ def make_builder(api: Any, **traits: Any) -> KubernetesBuilder:
     return KubernetesBuilder(
         config=config,
         k8s_api=api,
-        scrubber=Scrubber([SECRET]),
-        memory_limit=2 * 1024**3,
+        resources=BuildResources(scrubber=Scrubber([SECRET]), memory_limit=2 * 1024**3),
         log=logging.getLogger("test.k8s"),
     )
 

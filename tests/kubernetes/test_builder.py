@@ -14,6 +14,7 @@ import pytest
 from traitlets.config import Config
 
 from binderbuild.builders import pod_manifests as pm
+from binderbuild.builders.base import BuildResources
 from binderbuild.builders.kubernetes import KubernetesBuilder
 from binderbuild.builds import Build, BuildManager, BuildState
 from binderbuild.errors import BuildBackendError, BuildFailed
@@ -350,7 +351,7 @@ def test_restart_mid_build_reattaches_to_the_running_pod(api):
         api.log_json(name, "building", "before restart\n")
         await until(lambda: any(e.message == "before restart\n" for e in build.events))
         # Shutdown order of the app: tell the builder, cancel builds, close.
-        old.begin_shutdown()
+        await old.begin_shutdown()
         await manager.close()
         await old.close()
         assert (NS, name) in api.pods, "shutdown must leave the build pod running"
@@ -664,15 +665,14 @@ def test_unreachable_api_is_a_backend_error(api):
 
 
 def test_binderhub_style_docker_host_is_used_unless_configured(api):
-    plain = KubernetesBuilder(k8s_api=api, docker_host="unix:///var/run/dind/docker.sock")
+    dind = BuildResources(docker_host="unix:///var/run/dind/docker.sock")
+    plain = KubernetesBuilder(k8s_api=api, resources=dind)
     assert plain.build_docker_host == "/var/run/dind/docker.sock"
     config = Config()
     config.KubernetesBuilder.build_docker_host = "/run/ours/docker.sock"
-    configured = KubernetesBuilder(
-        config=config, k8s_api=api, docker_host="unix:///var/run/dind/docker.sock"
-    )
+    configured = KubernetesBuilder(config=config, k8s_api=api, resources=dind)
     assert configured.build_docker_host == "/run/ours/docker.sock"
-    tcp = KubernetesBuilder(k8s_api=api, docker_host="tcp://10.0.0.1:2375")
+    tcp = KubernetesBuilder(k8s_api=api, resources=BuildResources(docker_host="tcp://10.0.0.1:2375"))
     assert tcp.build_docker_host == "/var/run/binderbuild-dind/docker.sock"
 
 
@@ -681,11 +681,12 @@ def test_constructed_like_the_app_does(api, caplog):
     builder = KubernetesBuilder(
         parent=None,
         log=logging.getLogger("test.app"),
-        docker_host="",
-        memory_limit=1024,
-        docker_client=None,
-        scrubber=None,
-        registry_credentials={"registry": "https://r", "username": "u", "password": "p4ssword"},
+        resources=BuildResources(
+            docker_host="",
+            memory_limit=1024,
+            docker_client=None,
+            registry_credentials={"registry": "https://r", "username": "u", "password": "p4ssword"},
+        ),
         k8s_api=api,
     )
     assert builder.pod_config().memory_limit == 1024

@@ -110,7 +110,7 @@ def test_restart_mid_build_reattaches():
                 what="the build to start logging",
             )
             # The service stops: the build pod must survive it.
-            first.begin_shutdown()
+            await first.begin_shutdown()
             collector.task.cancel()
             await asyncio.gather(collector.task, return_exceptions=True)
             await first.close()

@@ -21,6 +21,7 @@ import pytest
 from aiohttp import web
 from traitlets.config import Config
 
+from binderbuild.builders.base import BuildResources
 from binderbuild.builders.kubernetes import KubernetesBuilder
 from binderbuild.errors import BuildFailed
 from binderbuild.events import Phase
@@ -179,7 +180,9 @@ def http_builder(kubeconfig: Path, **traits: Any) -> KubernetesBuilder:
     for key, value in settings.items():
         config.KubernetesBuilder[key] = value
     return KubernetesBuilder(
-        config=config, memory_limit=1 << 30, log=logging.getLogger("test.http")
+        config=config,
+        resources=BuildResources(memory_limit=1 << 30),
+        log=logging.getLogger("test.http"),
     )
 
 

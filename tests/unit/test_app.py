@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
-from binderbuild.app import BinderBuild, parse_bytes
+from binderbuild.app import BinderBuild
 from binderbuild.errors import ConfigError
+from binderbuild.units import parse_bytes
 
 
 def test_binderhub_config_is_forwarded(tmp_path):

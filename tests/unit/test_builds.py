@@ -353,9 +353,8 @@ def test_no_policy_by_default() -> None:
 def test_record_existing_and_latest_for() -> None:
     async def scenario() -> None:
         builder = ScriptedBuilder()
-        mgr = manager(builder)
         finished: list[Build] = []
-        mgr.on_finished.append(finished.append)
+        mgr = manager(builder, on_finished=[finished.append])
         assert mgr.latest_for("present") is None
         record = mgr.record_existing(job("present"))
         assert record.state is BuildState.SUCCEEDED and record.found_existing
