@@ -22,7 +22,7 @@ from traitlets import Bool, Dict, Float, Integer, List, Unicode, default, valida
 from traitlets.config import Application, Config, LoggingConfigurable
 from traitlets.utils.importstring import import_item
 
-from binderbuild import __version__
+from binderbuild import __version__, plugins
 from binderbuild.auth import api_only
 from binderbuild.errors import ConfigError
 from binderbuild.handlers.api import api_handlers
@@ -39,6 +39,7 @@ from binderbuild.logging_setup import configure_logging
 from binderbuild.netsafety import parse_networks
 from binderbuild.operations import BinderBuildWebApp
 from binderbuild.providers import DEFAULT_PROVIDERS
+from binderbuild.providers.base import RepoProvider
 from binderbuild.services import Services, compose, shutdown, start
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -180,7 +181,8 @@ class BinderBuild(PageOptions, Application):
     # --- repositories --------------------------------------------------------
     repo_providers = Dict(
         config=True,
-        help="Provider prefix -> provider class (or import string). Default: all built-in providers.",
+        help="Provider prefix -> provider class, import string, or entry point name of "
+        "group binderbuild.providers (e.g. {\"gh\": \"gh\"}). Default: all built-in providers.",
     )
     allowed_internal_networks = List(
         Unicode(),
@@ -372,11 +374,12 @@ class BinderBuild(PageOptions, Application):
 
     @validate("base_url")
     def _valid_base_url(self, proposal: Any) -> str:
-        value = "/" + proposal["value"].strip("/") + "/"
+        value = "/" + str(proposal["value"]).strip("/") + "/"
         return value.replace("//", "/")
 
     # --- wiring ------------------------------------------------------------
 
+    # traitlets declares ``path`` more narrowly than it accepts.
     def load_config_file(self, filename: str, path: str | list[str] | None = None) -> None:  # type: ignore[override]
         super().load_config_file(filename, path)
         self._forward_binderhub_config()
@@ -399,10 +402,10 @@ class BinderBuild(PageOptions, Application):
         super().__init__(**kwargs)
         # Imported here, not at module level: the Kubernetes and hub classes
         # pull in their (heavier) libraries only when the app really starts.
-        names = list(CONFIGURABLES) + [
-            cls for cls in self.repo_providers.values() if isinstance(cls, str)
-        ]
-        self.classes = [type(self)] + [import_item(name) for name in dict.fromkeys(names)]
+        classes: list[type[Any]] = [import_item(name) for name in CONFIGURABLES]
+        for cls in self.repo_providers.values():
+            classes.append(plugins.load("binderbuild.providers", cls, RepoProvider))
+        self.classes = [type(self), *dict.fromkeys(classes)]
 
     def initialize(self, argv: list[str] | None = None) -> None:
         super().initialize(argv)
@@ -414,9 +417,9 @@ class BinderBuild(PageOptions, Application):
     def _setup_logging(self) -> None:
         """binderbuild.*, tornado.* and the application log write to stderr at
         log_level, as text or JSON lines (json_logs), with request/build ids."""
-        configure_logging(
-            self.log_level, "json" if self.json_logs else "text", app_logger=self.log
-        )
+        # Application.log_level is a traitlets Enum (int or level name).
+        level = self.log_level if isinstance(self.log_level, int | str) else logging.INFO
+        configure_logging(level, "json" if self.json_logs else "text", app_logger=self.log)
 
     def make_tornado_app(self, services: Services) -> tornado.web.Application:
         base = self.base_url
@@ -431,7 +434,7 @@ class BinderBuild(PageOptions, Application):
         handlers += api_handlers(base)
         handlers += services.extra_handlers
         handlers += page_handlers(base, self)
-        settings = {
+        settings: dict[str, Any] = {
             "binderbuild": services,
             "template_path": str(ROOT / "templates"),
             "static_path": str(ROOT / "static"),
@@ -443,7 +446,7 @@ class BinderBuild(PageOptions, Application):
         if self.enable_api_only_mode:
             handlers = api_only(handlers, base) + [(rf"{base}.*", NotFoundHandler)]
         if self.cors_allow_origin:
-            headers = dict(settings.get("extra_headers", {}))
+            headers: dict[str, str] = dict(settings.get("extra_headers", {}))
             headers["Access-Control-Allow-Origin"] = self.cors_allow_origin
             settings["extra_headers"] = headers
         if self.auth_enabled:

@@ -28,7 +28,7 @@ import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 from tornado.httputil import url_concat
@@ -79,9 +79,9 @@ class ApiTokens:
 def api_caller(handler: RequestHandler, tokens: ApiTokens) -> str | None:
     cached = getattr(handler, "_binderbuild_api_caller", False)
     if cached is not False:
-        return cached  # type: ignore[no-any-return]
+        return cast("str | None", cached)
     name = tokens.caller(handler.request)
-    handler._binderbuild_api_caller = name  # type: ignore[attr-defined]
+    handler._binderbuild_api_caller = name  # type: ignore[attr-defined]  # per-request memo
     return name
 
 
@@ -150,7 +150,7 @@ class HubUserResolver:
     async def __call__(self, handler: RequestHandler) -> str | None:
         cached = getattr(handler, "_binderbuild_user", False)
         if cached is not False:
-            return cached  # type: ignore[no-any-return]
+            return cast("str | None", cached)
         name: str | None = None
         if api_caller(handler, self.api_tokens) is None:
             try:
@@ -162,7 +162,7 @@ class HubUserResolver:
                 model = None
             if model and model.get("kind", "user") == "user":
                 name = model.get("name")
-        handler._binderbuild_user = name  # type: ignore[attr-defined]
+        handler._binderbuild_user = name  # type: ignore[attr-defined]  # per-request memo
         return name
 
 
@@ -212,15 +212,17 @@ def hub_login_url(handler: RequestHandler, hub_auth: HubOAuth) -> str:
 
 
 def oauth_callback_path(hub_auth: HubOAuth) -> str:
-    return urlsplit(hub_auth.oauth_redirect_uri).path
+    path: str = urlsplit(hub_auth.oauth_redirect_uri).path
+    return path
 
 
 def oauth_callback_handler(hub_auth: HubOAuth) -> tuple[str, type[RequestHandler], dict[str, Any]]:
     """Route finishing the OAuth login (sets the login cookie)."""
     from jupyterhub.services.auth import HubOAuthCallbackHandler
 
-    class OAuthCallbackHandler(HubOAuthCallbackHandler):
-        def initialize(self, hub_auth: HubOAuth) -> None:  # type: ignore[override]
+    # jupyterhub ships no type information, so its handler is Any to mypy.
+    class OAuthCallbackHandler(HubOAuthCallbackHandler):  # type: ignore[misc]
+        def initialize(self, hub_auth: HubOAuth) -> None:
             self.hub_auth = hub_auth
 
     return (re.escape(oauth_callback_path(hub_auth)), OAuthCallbackHandler, {"hub_auth": hub_auth})

@@ -347,7 +347,8 @@ class BuildManager:
         build.append(event(Phase.WAITING, "Build starting.\n"))
         loop = asyncio.get_running_loop()
         hard_deadline = loop.time() + self.build_timeout
-        state, error = BuildState.SUCCEEDED, None
+        state: BuildState = BuildState.SUCCEEDED
+        error: BinderBuildError | None = None
         try:
             # timeout_at: the deadline is absolute loop time (timeout() takes a delay).
             async with asyncio.timeout_at(min(hard_deadline, loop.time() + self.idle_timeout)) as cm:

@@ -126,7 +126,7 @@ class BuildRecord:
         data = json.loads(text)
         names = cls.__dataclass_fields__
         # Tolerate fields added or dropped by other versions of the service.
-        return cls(**{k: data.get(k) for k in names})  # type: ignore[arg-type]
+        return cls(**{k: data.get(k) for k in names})
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

@@ -25,6 +25,7 @@ application; BinderHub's ``Launcher`` options (``retries``, ``retry_delay``,
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import os
@@ -32,7 +33,7 @@ import random
 import re
 import string
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
@@ -140,7 +141,7 @@ class _Traces:
         return self.user or self.server or bool(self.token_id)
 
 
-class _LauncherMeta(MetaHasTraits, type(Launcher)):  # type: ignore[misc]
+class _LauncherMeta(MetaHasTraits, abc.ABCMeta):
     """traitlets' metaclass combined with the ABCMeta of the Launcher contract."""
 
 
@@ -242,12 +243,14 @@ class HubLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
     def _make_counter(self) -> ServerCounter:
         if self.server_counter_class:
             klass = import_item(self.server_counter_class)
-            return klass(parent=self, log=self.log)  # type: ignore[no-any-return]
+            return klass(parent=self, log=self.log)  # type: ignore[no-any-return]  # import_item is untyped
         return HubServerCounter(self.hub.get_json, parent=self, log=self.log)
 
     # --- the contract ---------------------------------------------------------
 
-    async def launch(self, request: LaunchRequest) -> AsyncIterator[ProgressEvent | LaunchResult]:
+    async def launch(
+        self, request: LaunchRequest
+    ) -> AsyncGenerator[ProgressEvent | LaunchResult, None]:
         # The work runs in its own task and talks to this generator through a
         # queue: the deadline then never cancels the consumer's code, and a
         # consumer that goes away cancels exactly this launch.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from binderbuild.events import ProgressEvent
@@ -12,7 +12,7 @@ from binderbuild.models import LaunchRequest, LaunchResult
 
 class Launcher(abc.ABC):
     @abc.abstractmethod
-    def launch(self, request: LaunchRequest) -> AsyncIterator[ProgressEvent | LaunchResult]:
+    def launch(self, request: LaunchRequest) -> AsyncGenerator[ProgressEvent | LaunchResult, None]:
         """Yield ``launching`` events while the server starts, then exactly one
         ``LaunchResult``. Raises LaunchFailed (with the hub's real reason),
         QuotaExceeded, HubError. When cancelled, leaves nothing half-started."""

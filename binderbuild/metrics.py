@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -288,8 +288,8 @@ class Metrics:
         # dashboard shows 0 rather than "no data" before the first event.
         for status in BuildStatus:
             self.build_duration.labels(status.value)
-        for status in LaunchStatus:
-            self.launch_duration.labels(status.value)
+        for launch_status in LaunchStatus:
+            self.launch_duration.labels(launch_status.value)
         for reason in Refusal:
             self.request_refused.labels(reason.value)
 
@@ -375,7 +375,9 @@ class InstrumentedLauncher(Launcher):
         self.inner = inner
         self.metrics = metrics
 
-    async def launch(self, request: LaunchRequest) -> AsyncIterator[ProgressEvent | LaunchResult]:
+    async def launch(
+        self, request: LaunchRequest
+    ) -> AsyncGenerator[ProgressEvent | LaunchResult, None]:
         started = time.monotonic()
         provider, repo = request.ref.provider_id, request.ref.repo_url
         self.metrics.launch_started()

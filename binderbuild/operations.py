@@ -138,7 +138,7 @@ class BinderBuildWebApp(tornado.web.Application):
         # Runs in the connection's task before the handler's task is created,
         # so the handler (and everything it starts) inherits this context.
         request_id = new_request_id(request.headers.get("X-Request-Id"))
-        request._binderbuild_request_id = request_id  # type: ignore[attr-defined]
+        request._binderbuild_request_id = request_id  # type: ignore[attr-defined]  # read by the output transform
         set_request_id(request_id)
         services: Services | None = self.settings.get("binderbuild")
         if services is not None and services.banned_networks:

@@ -258,7 +258,8 @@ class Pipeline:
         request = target.request
         timings = StageTimings()
         located: Located | None = None
-        outcome, error = RunOutcome.SUCCESS, None
+        outcome: RunOutcome = RunOutcome.SUCCESS
+        error: BaseException | None = None
         try:
             with timings.measure("resolve"):
                 located = await self.locate(target)

@@ -11,18 +11,17 @@ packaged. A configured class object is accepted as it is.
 from __future__ import annotations
 
 from importlib.metadata import entry_points
-from typing import Any, TypeVar
+from typing import Any
 
 from traitlets.utils.importstring import import_item
 
 from binderbuild.errors import ConfigError
 
-T = TypeVar("T")
 
-
-def load(group: str, name: str | type[Any], base: type[T]) -> type[T]:
+def load(group: str, name: str | type[Any], base: type[Any]) -> type[Any]:
     """The class ``name`` names in ``group``; ConfigError unless it is a
-    subclass of ``base``."""
+    subclass of ``base``. (``base`` may be abstract, so the result is typed
+    by the caller.)"""
     if isinstance(name, type):
         klass: Any = name
     else:

@@ -373,7 +373,7 @@ def make_image_store(
 
 
 def make_builder(app: BinderBuild, resources: BuildResources) -> Builder:
-    klass = plugins.load("binderbuild.builders", app.build_class, Builder)
+    klass: type[Builder] = plugins.load("binderbuild.builders", app.build_class, Builder)
     return klass(parent=app, log=app.log, resources=resources)
 
 
@@ -390,14 +390,17 @@ def make_launcher(
     klass = plugins.load("binderbuild.launchers", name, Launcher)
     from binderbuild.hub import HubSettings
 
-    # providers: per-spec quotas (high_quota_specs, spec_config "quota").
-    return klass(
+    # The launcher contract's constructor: traitlets parent and log, the
+    # shared HTTP client, the providers (per-spec quotas: high_quota_specs,
+    # spec_config "quota") and the application's launch options.
+    launcher: Launcher = klass(
         parent=app,
         log=app.log,
         http=http,
         providers=providers,
         settings=HubSettings.from_app(app),
     )
+    return launcher
 
 
 def make_build_tokens(app: BinderBuild, scrubber: Scrubber) -> BuildTokens:

@@ -4,7 +4,7 @@
 # 1. scripts/setup.sh installs and starts what the tests need (apt packages,
 #    the venv, dockerd, base images, configurable-http-proxy, Chromium,
 #    helm); it is idempotent.
-# 2. ruff over the code.
+# 2. ruff over the code, mypy (strict) over binderbuild/.
 # 3. pytest over tests/: real Docker engine, registry, JupyterHub + proxy,
 #    git servers and headless Chromium, all on loopback. The only skip allowed
 #    is the Kubernetes-cluster test (no cluster here; see README).
@@ -20,6 +20,8 @@ bash scripts/setup.sh || { echo "test.sh: setup failed" >&2; exit 1; }
 
 status=0
 .venv/bin/ruff check binderbuild tests benchmarks scripts || status=1
+# Strict type check of the service (settings in pyproject.toml [tool.mypy]).
+.venv/bin/mypy || status=1
 
 if [ "$#" -eq 0 ]; then
     # Benchmarks first, short form; their figures are printed, not asserted

@@ -186,7 +186,8 @@ def _dockerfile_text(path: str, dockerfile: str, fileobj: Any, custom_context: b
         data = data.encode()
     if len(data) > _MAX_DOCKERFILE:
         raise DockerfilePolicyError(f"{name} is larger than {_MAX_DOCKERFILE // 1024} KiB.")
-    return data.decode("utf-8", "replace")
+    text: str = data.decode("utf-8", "replace")
+    return text
 
 
 class _LineBuffer:
@@ -213,7 +214,8 @@ class _LineBuffer:
             self._pending = ""
 
 
-class DockerAPIContainer(Container):
+# repo2docker ships no type information: its base classes are Any to mypy.
+class DockerAPIContainer(Container):  # type: ignore[misc]
     """repo2docker's container interface over a docker-py ``Container``."""
 
     def __init__(self, container: Any) -> None:
@@ -246,14 +248,14 @@ class DockerAPIContainer(Container):
 
     @property
     def exitcode(self) -> int:
-        return self._c.attrs["State"]["ExitCode"]
+        return int(self._c.attrs["State"]["ExitCode"])
 
     @property
     def status(self) -> str:
-        return self._c.status
+        return str(self._c.status)
 
 
-class DockerAPIEngine(ContainerEngine):
+class DockerAPIEngine(ContainerEngine):  # type: ignore[misc]  # untyped base, as above
     """repo2docker engine using the Docker Engine API (no CLI, no buildx)."""
 
     # Build and push yield Docker-style dicts; see the module docstring.
@@ -507,7 +509,8 @@ class DockerAPIEngine(ContainerEngine):
 
     def inspect_image(self, image: str) -> Image | None:
         try:
-            attrs = self.client.api.inspect_image(image)
+            # docker's stubs leave the low-level API unannotated.
+            attrs = self.client.api.inspect_image(image)  # type: ignore[no-untyped-call]
         except docker.errors.ImageNotFound:
             return None
         config = dict(attrs.get("Config") or {})

@@ -505,7 +505,7 @@ class ImageHandler(ApiHandler):
 
 @cache
 def _openapi_document() -> dict[str, Any]:
-    return yaml.safe_load(OPENAPI_PATH.read_text())  # type: ignore[no-any-return]
+    return yaml.safe_load(OPENAPI_PATH.read_text())  # type: ignore[no-any-return]  # YAML is untyped
 
 
 def openapi_document(base_url: str) -> dict[str, Any]:

@@ -27,7 +27,7 @@ log = logging.getLogger("binderbuild.web")
 class BaseHandler(RequestHandler):
     @property
     def ctx(self) -> Services:
-        return self.settings["binderbuild"]  # type: ignore[no-any-return]
+        return self.settings["binderbuild"]  # type: ignore[no-any-return]  # Tornado settings are untyped
 
     def raw_provider_and_spec(self, route_prefix: str) -> tuple[str, str]:
         """(provider, spec) from the *raw* request path.

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import cast
 
 from tornado.iostream import StreamClosedError
 
@@ -60,7 +61,7 @@ class EventStreamHandler(BaseHandler):
                     continue
                 if item is _DONE:
                     break
-                event_id, ev = item  # type: ignore[misc]
+                event_id, ev = cast(tuple[int | None, ProgressEvent], item)
                 self.write(encode_sse(ev, event_id))
                 await self.flush()
                 if ev.phase.is_final:

@@ -116,7 +116,7 @@ class PageOptions(HasTraits):
 
     @validate("extra_static_url_prefix")
     def _valid_static_prefix(self, proposal: Any) -> str:
-        return proposal["value"].strip("/") + "/"
+        return str(proposal["value"]).strip("/") + "/"
 
 
 @dataclass(frozen=True)
@@ -363,7 +363,7 @@ class PageHandler(BaseHandler):
 
     @property
     def pages(self) -> PageConfig:
-        return self.settings["binderbuild_pages"]  # type: ignore[no-any-return]
+        return self.settings["binderbuild_pages"]  # type: ignore[no-any-return]  # Tornado settings are untyped
 
     def prepare(self) -> None:
         # One nonce per response: the CSP header and the page's scripts share it.
