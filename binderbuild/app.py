@@ -157,6 +157,19 @@ class BinderBuild(PageOptions, Application):
         0, config=True, help="Builds run at once; the rest wait in a queue. 0: number of CPU cores."
     )
     build_timeout = Float(3600.0, config=True, help="Seconds a build may take in total.")
+    build_log_max_bytes = Unicode(
+        "16M",
+        config=True,
+        help="Largest build log kept and streamed per build (e.g. '16M'); past it, one "
+        "'[log truncated]' line and the rest is dropped (the build goes on). Bounds the "
+        "service's memory against builds that flood their output.",
+    )
+    build_log_line_max_bytes = Unicode(
+        "64K",
+        config=True,
+        help="Longest build log line kept (e.g. '64K'); longer lines are cut and marked "
+        "'[line truncated]'.",
+    )
     build_idle_timeout = Float(
         900.0, config=True, help="Seconds a build may go without any output before it is stopped."
     )
@@ -472,6 +485,12 @@ class BinderBuild(PageOptions, Application):
             max_body_size=MAX_REQUEST_BODY,
         )
         server.listen(self.port, self.ip)
+        if not self.launch_host and self.ip not in ("127.0.0.1", "::1", "localhost"):
+            self.log.warning(
+                "BinderBuild.launch_host is not set: links this service hands out use "
+                "%s unless a request names a loopback host. Set launch_host to the public URL.",
+                services.settings.listen_origin,
+            )
         self.log.info("binderbuild %s listening on http://%s:%s%s", __version__, self.ip, self.port, self.base_url)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

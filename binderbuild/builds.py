@@ -23,7 +23,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from binderbuild.builders.base import Builder
@@ -90,6 +90,7 @@ class Build:
     _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _task: asyncio.Task[None] | None = field(default=None, repr=False)
     _dropped_lines: int = 0
+    _log_bytes: int = 0  # bytes of log lines kept (building events)
     forced: bool = False  # a forced rebuild (the registry check was skipped)
     found_existing: bool = False  # records an image that existed; nothing was built
     cancel_reason: str | None = None  # why it was cancelled, shown to its clients
@@ -165,6 +166,8 @@ class BuildManager:
         build_timeout: float,
         idle_timeout: float,
         max_log_events: int = 50_000,
+        max_log_bytes: int = 16 * 1024 * 1024,
+        max_line_bytes: int = 64 * 1024,
         keep_finished: int = 500,
         abandoned_grace: float = 0.0,
         on_started: Sequence[BuildHook] = (),
@@ -180,6 +183,8 @@ class BuildManager:
         self.build_timeout = build_timeout
         self.idle_timeout = idle_timeout
         self.max_log_events = max_log_events
+        self.max_log_bytes = max_log_bytes
+        self.max_line_bytes = max_line_bytes
         self.keep_finished = keep_finished
         self._active: dict[str, Build] = {}  # build_name -> in-flight build
         self._by_id: OrderedDict[str, Build] = OrderedDict()
@@ -385,18 +390,40 @@ class BuildManager:
         self._schedule()
 
     def _record(self, build: Build, ev: ProgressEvent) -> None:
-        if len(build.events) < self.max_log_events or ev.phase is not Phase.BUILDING:
+        """Keep one event of the build. Log lines (``building``) are bounded
+        three ways, since every byte is held in memory for every viewer and
+        the history: a line longer than ``max_line_bytes`` is cut, and once
+        the build's log passes ``max_log_bytes`` or ``max_log_events`` lines,
+        further lines are dropped behind one visible marker."""
+        if ev.phase is not Phase.BUILDING:
             build.append(ev)
             return
-        build._dropped_lines += 1
-        if build._dropped_lines == 1:
-            build.append(
-                event(
-                    Phase.BUILDING,
-                    f"[binderbuild] log exceeds {self.max_log_events} lines; "
-                    "further build output is not streamed.\n",
-                )
+        if build._dropped_lines:
+            build._dropped_lines += 1
+            return
+        message = ev.message
+        size = len(message.encode("utf-8", "replace"))
+        if size > self.max_line_bytes:
+            cut = message.encode("utf-8", "replace")[: self.max_line_bytes]
+            message = cut.decode("utf-8", "ignore") + " [line truncated]\n"
+            ev = replace(ev, message=message)
+            size = len(message.encode("utf-8", "replace"))
+        if len(build.events) >= self.max_log_events:
+            why = f"{self.max_log_events} lines"
+        elif build._log_bytes + size > self.max_log_bytes:
+            why = f"{self.max_log_bytes // (1024 * 1024)} MiB"
+        else:
+            build._log_bytes += size
+            build.append(ev)
+            return
+        build._dropped_lines = 1
+        build.append(
+            event(
+                Phase.BUILDING,
+                f"[log truncated] the build log exceeds {why}; "
+                "further build output is not streamed.\n",
             )
+        )
 
     def _arm_abandon(self, build: Build) -> None:
         """(Re)start the abandon clock of a build that has no followers."""

@@ -85,6 +85,9 @@ class Settings:
     require_build_only: bool = False
     image_prefix: str = ""
     version_info: Mapping[str, Any] = field(default_factory=dict)
+    # The service's own address, for URLs when launch_host is unset and the
+    # request's Host header is not a loopback name.
+    listen_origin: str = "http://127.0.0.1:8585"
 
 
 # Admission checks run before a stream starts (auth, rate limit). They raise
@@ -197,6 +200,8 @@ def compose(app: BinderBuild, registry_config: DockerRegistry) -> Services:
         build_timeout=app.build_timeout,
         idle_timeout=app.build_idle_timeout,
         abandoned_grace=app.abandoned_build_grace,
+        max_log_bytes=parse_bytes(app.build_log_max_bytes),
+        max_line_bytes=parse_bytes(app.build_log_line_max_bytes),
         on_started=[metrics.build_started],
         on_finished=[
             known_images.remember_built,
@@ -264,6 +269,7 @@ def compose(app: BinderBuild, registry_config: DockerRegistry) -> Services:
             require_build_only=app.require_build_only or launcher is None,
             image_prefix=app.image_prefix,
             version_info=version_info(),
+            listen_origin=listen_origin(app.ip, app.port),
         ),
         scrubber=scrubber,
         http=http,
@@ -471,6 +477,14 @@ def counted(check: AdmissionCheck, metrics: Metrics) -> AdmissionCheck:
 
 async def queue_check(builds: BuildManager) -> dict[str, Any]:
     return {"running": builds.running, "queued": builds.queue_length}
+
+
+def listen_origin(ip: str, port: int) -> str:
+    """``http://ip:port`` of the service; a wildcard address becomes loopback."""
+    if ip in ("", "0.0.0.0", "::"):
+        ip = "127.0.0.1"
+    host = f"[{ip}]" if ":" in ip else ip
+    return f"http://{host}:{port}"
 
 
 def version_info() -> dict[str, Any]:

@@ -10,9 +10,11 @@ it for every uncaught exception, so there is no per-handler try/except.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from tornado.web import HTTPError, RequestHandler
 
@@ -49,11 +51,25 @@ class BaseHandler(RequestHandler):
         return self.ctx.client_ip(self.request)
 
     @property
-    def launch_host(self) -> str:
+    def public_origin(self) -> str:
+        """``scheme://host[:port]`` of the URLs this service hands out.
+
+        From ``launch_host`` when configured. Otherwise the request's Host
+        header is believed only when it names a loopback address (someone
+        opening the service on the machine it runs on); any other Host gets
+        the service's own listening address, so a forged Host header never
+        reaches a share link, badge or OpenGraph URL."""
         configured = self.ctx.settings.launch_host
         if configured:
-            return configured
-        return f"{self.request.protocol}://{self.request.host}{self.ctx.settings.base_url}"
+            parts = urlsplit(configured)
+            return f"{parts.scheme}://{parts.netloc}"
+        if is_loopback_host(self.request.host):
+            return f"{self.request.protocol}://{self.request.host}"
+        return self.ctx.settings.listen_origin
+
+    @property
+    def launch_host(self) -> str:
+        return self.ctx.settings.launch_host or f"{self.public_origin}{self.ctx.settings.base_url}"
 
     def set_default_headers(self) -> None:
         self.set_header("X-Content-Type-Options", "nosniff")
@@ -113,3 +129,17 @@ class BaseHandler(RequestHandler):
             self.set_header("Allow", ", ".join(allowed))
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.finish(json.dumps({"message": message, "status_code": status_code}))
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a Host header value (``name[:port]``) names this machine's
+    loopback interface."""
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") else host
+    if name.startswith("[") and "]" in name:
+        name = name[1 : name.index("]")]
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False

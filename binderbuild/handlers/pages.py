@@ -365,10 +365,16 @@ class PageHandler(BaseHandler):
     def pages(self) -> PageConfig:
         return self.settings["binderbuild_pages"]  # type: ignore[no-any-return]  # Tornado settings are untyped
 
-    def prepare(self) -> None:
-        # One nonce per response: the CSP header and the page's scripts share it.
-        self.nonce = secrets.token_urlsafe(18)
-        super().prepare()
+    @property
+    def nonce(self) -> str:
+        """One nonce per response: the CSP header and the page's scripts share
+        it. Made on first use, so error pages rendered before ``prepare``
+        (an undecodable path) have one too."""
+        if self._nonce is None:
+            self._nonce = secrets.token_urlsafe(18)
+        return self._nonce
+
+    _nonce: str | None = None
 
     def extra_static_url(self, path: str) -> str:
         prefix = self.pages.extra_static_url_prefix
@@ -378,7 +384,7 @@ class PageHandler(BaseHandler):
 
     @property
     def origin(self) -> str:
-        return f"{self.request.protocol}://{self.request.host}"
+        return self.public_origin
 
     def template_namespace(self) -> dict[str, Any]:
         variables = dict(self.pages.template_variables)
