@@ -197,6 +197,16 @@ def test_stream_without_event_stream_accept_fails_inside_the_stream(service, acc
     assert "Accept" in events[0]["message"] and "text/event-stream" in events[0]["message"]
 
 
+def test_malformed_build_only_is_refused_before_any_stream(service):
+    for accept in ("text/event-stream", None):
+        headers = {"Accept": accept} if accept else {}
+        req = urllib.request.Request(f"{service.url}/build/git/x/y?build_only=maybe", headers=headers)
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(req, timeout=30)
+        assert info.value.code == 400
+        assert "build_only" in json.load(info.value)["message"]
+
+
 def test_registry_down_is_an_error_not_a_rebuild(start_service, docker_client, tmp_path, make_fixture_repo):
     outage = RegistryServer(tmp_path / "outage-registry")
     outage.start()
