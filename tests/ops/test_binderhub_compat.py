@@ -303,9 +303,18 @@ def test_repoproviders_carry_the_fields_binderhub_front_ends_read(
     assert providers["gh"]["displayName"] == "GitHub"
     assert providers["gl"]["displayName"] == "GitLab.com"
     assert providers["git"]["displayName"] == "Git repository"
-    # Optional detect.regex (JavaScript named group) turns a pasted URL into the repo.
-    assert providers["gh"]["detect"]["regex"] == r"^(https?://github\.com/)?(?<repo>.*[^/])/?"
-    assert providers["gl"]["detect"]["regex"] == r"^(https?://gitlab\.com/)?(?<repo>.*[^/])/?"
+    # Optional detect.regex: BinderHub's UI runs it on what was typed and takes
+    # its named group "repo" (JavaScript syntax: "(?<repo>").
+    for pid, pasted, repo in [
+        ("gh", "https://github.com/binder-examples/requirements/", "binder-examples/requirements"),
+        ("gh", "binder-examples/requirements", "binder-examples/requirements"),
+        ("gl", "https://gitlab.com/group/sub/project", "group/sub/project"),
+        ("gist", "https://gist.github.com/someone/0123456789abcdef", "someone/0123456789abcdef"),
+    ]:
+        js = providers[pid]["detect"]["regex"]
+        assert "(?<repo>" in js, js
+        found = re.search(js.replace("(?<repo>", "(?P<repo>"), pasted)
+        assert found and found.group("repo") == repo, (pid, js, pasted)
 
 
 def test_versions_keys(plain_service: BinderBuildService) -> None:
