@@ -271,6 +271,9 @@ class HubLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
             if not task.done():
                 task.cancel()
 
+    def launch_quota(self) -> LaunchQuota:
+        return self.quota
+
     async def check(self) -> dict[str, Any]:
         resp = await self.hub.call("GET", "", attempts=1, deadline=time.monotonic() + 5)
         if resp.status != 200:

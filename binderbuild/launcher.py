@@ -8,6 +8,7 @@ from typing import Any
 
 from binderbuild.events import ProgressEvent
 from binderbuild.models import LaunchRequest, LaunchResult
+from binderbuild.quota import LaunchQuota
 
 
 class Launcher(abc.ABC):
@@ -19,6 +20,11 @@ class Launcher(abc.ABC):
 
     async def check(self) -> dict[str, Any]:
         return {}
+
+    def launch_quota(self) -> LaunchQuota | None:
+        """The quota this launcher enforces (for /health's ``Pod quota``);
+        None: it enforces none."""
+        return None
 
     async def close(self) -> None:
         pass

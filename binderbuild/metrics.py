@@ -44,6 +44,7 @@ from binderbuild.http import HttpRequestSpec, HttpResponse, redact_url
 from binderbuild.launcher import Launcher
 from binderbuild.logging_setup import scrub
 from binderbuild.models import LaunchRequest, LaunchResult
+from binderbuild.quota import LaunchQuota
 from binderbuild.secrets import Scrubber
 
 if TYPE_CHECKING:
@@ -410,6 +411,9 @@ class InstrumentedLauncher(Launcher):
 
     async def check(self) -> dict[str, Any]:
         return await self.inner.check()
+
+    def launch_quota(self) -> LaunchQuota | None:
+        return self.inner.launch_quota()
 
     async def close(self) -> None:
         await self.inner.close()

@@ -126,6 +126,13 @@ class LaunchQuota:
             if inspect.isawaitable(result):
                 await result
 
+    async def servers(self) -> int:
+        """Servers running now, this process's launches in flight included:
+        the number the next launch is checked against (for /health)."""
+        exclude = frozenset(r.full_name for r in self._inflight.values())
+        running = await self._count(None, exclude)
+        return running + len(self._inflight)
+
     def inflight(self, repo_url: str | None = None) -> list[Reservation]:
         return [r for r in self._inflight.values() if repo_url is None or r.repo_url == repo_url]
 

@@ -19,6 +19,10 @@ log = logging.getLogger("binderbuild.web")
 
 _DONE = object()
 
+# Values of ?build_only= (case-insensitive); anything else is a 400.
+_TRUE_VALUES = frozenset({"true", "1", "yes"})
+_FLAG_VALUES = _TRUE_VALUES | {"false", "0", "no"}
+
 
 class EventStreamHandler(BaseHandler):
     """Writes an async iterator of events as Server-Sent Events.
@@ -85,19 +89,29 @@ class EventStreamHandler(BaseHandler):
 class BuildHandler(EventStreamHandler):
     async def get(self, *_route_args: str, **_route_kwargs: str) -> None:
         provider_id, spec = self.raw_provider_and_spec("build/")
-        accept = self.request.headers.get("Accept", "")
-        if "text/event-stream" not in accept:
+        flag = self.get_argument("build_only", "false").lower()
+        if flag not in _FLAG_VALUES:
+            # A malformed request is refused before any stream opens.
             self.write_json(
-                {
-                    "message": "This endpoint streams Server-Sent Events: "
-                    "send 'Accept: text/event-stream'.",
-                    "status_code": 400,
-                },
-                400,
+                {"message": "build_only must be true or false.", "status_code": 400}, 400
             )
             return
+        build_only = flag in _TRUE_VALUES
+        accept = self.request.headers.get("Accept", "")
+        if "text/event-stream" not in accept:
+            # As BinderHub answers: the stream opens and its one event says
+            # what is wrong, so a client that reads events (curl, scripts)
+            # sees the reason instead of an empty HTTP error.
+            self.start_stream()
+            message = (
+                "Missing Accept header: this endpoint streams Server-Sent Events, "
+                "send 'Accept: text/event-stream'.\n"
+            )
+            self.write(encode_sse(failed(message, 400)))
+            self.write(NO_RECONNECT)
+            self.finish()
+            return
         settings = self.ctx.settings
-        build_only = self.get_argument("build_only", "false").lower() in ("true", "1", "yes")
         if build_only and not settings.allow_build_only:
             self.write_json(
                 {"message": "build_only is not enabled on this deployment.", "status_code": 400},

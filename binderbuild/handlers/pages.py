@@ -182,7 +182,12 @@ def page_handlers(base_url: str, options: PageOptions) -> list[tuple[Any, ...]]:
         (rf"{base}v2/(?P<provider_id>[^/]+)/(?P<spec>.+)", LoadingHandler),
         (rf"{base}about", AboutHandler),
         (rf"{base}(?P<name>badge|badge_logo)\.svg", BadgeHandler),
-        (rf"{base}repo/(?P<user>[^/]+)/(?P<repo>[^/]+)(?:/.*)?", LegacyRepoRedirectHandler),
+        # mybinder.org's first badge URL, still in old READMEs (BinderHub serves it too).
+        (rf"{base}assets/images/(?P<name>badge)\.svg", BadgeHandler),
+        (
+            rf"{base}repo/(?P<user>[^/]+)/(?P<repo>[^/]+)(?P<urlpath>/.*)?",
+            LegacyRepoRedirectHandler,
+        ),
     ]
     if options.extra_static_path:
         prefix = options.extra_static_url_prefix.strip("/")
@@ -574,12 +579,26 @@ class BadgeHandler(PageHandler):
 
 
 class LegacyRepoRedirectHandler(PageHandler):
-    """``/repo/{user}/{repo}[/...]`` -> ``/v2/gh/{user}/{repo}/master`` (the very
-    first Binder's URLs, still in old READMEs). The query string is kept so
-    ``?filepath=`` links still open their file."""
+    """``/repo/{user}/{repo}[/{path}]`` -> ``/v2/gh/{user}/{repo}/master?urlpath=/{path}``
+    (the very first Binder's URLs, still in old READMEs).
 
-    def get(self, user: str, repo: str) -> None:
+    As BinderHub builds it: the rest of the path, percent-decoded, becomes
+    ``urlpath`` (form-encoded: ``/`` as ``%2F``, space as ``+``), and nothing
+    when it is empty or only slashes. Unlike BinderHub, the request's own
+    query parameters are kept after it, so ``?filepath=`` links still open
+    their file; a ``urlpath`` among them gives way to the path's. The loading
+    page checks the path like any other ``urlpath``.
+    """
+
+    def get(self, user: str, repo: str, urlpath: str | None = None) -> None:
         target = f"{self.ctx.settings.base_url}v2/gh/{quote(user, safe='')}/{quote(repo, safe='')}/master"
-        if self.request.query:
-            target += "?" + self.request.query
+        query: list[str] = []
+        has_path = bool(urlpath and urlpath.strip("/"))
+        if has_path:
+            query.append(urlencode({"urlpath": urlpath}))
+        for part in self.request.query.split("&"):
+            if part and not (has_path and part.split("=", 1)[0] == "urlpath"):
+                query.append(part)
+        if query:
+            target += "?" + "&".join(query)
         self.redirect(target, permanent=False)

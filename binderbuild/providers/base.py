@@ -52,6 +52,13 @@ def split_encoded_spec(spec: str, usage: str) -> tuple[str, str]:
     return unquote(quoted_repo), unquote(quoted_ref)
 
 
+def host_detect_regex(hostname: str) -> str:
+    """BinderHub's detect.regex for a hosted provider: an optional
+    ``https://{hostname}/`` then the repository (group ``repo``), trailing '/'
+    dropped. JavaScript syntax (named group ``(?<repo>...)``)."""
+    return rf"^(https?://{re.escape(hostname)}/)?(?<repo>.*[^/])/?"
+
+
 class RepoProvider(LoggingConfigurable):
     """Base class. Subclasses set the ClassVars and implement parse/resolve."""
 
@@ -66,6 +73,13 @@ class RepoProvider(LoggingConfigurable):
     repo_regex: ClassVar[str] = ".+"
     uses_ref: ClassVar[bool] = True
     ref_label: ClassVar[str] = "Git ref (branch, tag, or commit)"
+    # A JavaScript-compatible regex a whole spec (what follows /v2/{provider}/)
+    # matches; BinderHub's "spec.validateRegex". None: repo_regex, for
+    # providers whose spec is the identifier as typed.
+    spec_regex: ClassVar[str | None] = None
+    # The repository part of the spec is url-encoded (git URLs, GitLab paths):
+    # BinderHub's "repo.urlEncode", which tells a UI to encode what was typed.
+    url_encoded: ClassVar[bool] = False
 
     default_ref = Unicode(
         "HEAD", config=True, help="Ref used when a spec or the home page form leaves it empty."
@@ -151,16 +165,34 @@ class RepoProvider(LoggingConfigurable):
                 merged.update(entry.get("config", {}))
         return merged
 
+    def detect_regex(self) -> str | None:
+        """A JavaScript regex whose named group ``repo`` finds the repository in
+        a pasted web address (BinderHub's "detect.regex"), or None."""
+        return None
+
     def describe(self) -> dict[str, Any]:
-        """The provider's entry in /api/repoproviders."""
-        return {
+        """The provider's entry in /api/repoproviders: BinderHub's display_config
+        fields (id, displayName, spec.validateRegex, repo.label/placeholder/urlEncode,
+        ref.enabled/default, detect.regex) plus binderbuild's own (regex, ref.label)."""
+        info: dict[str, Any] = {
             "id": self.provider_id,
             "displayName": self.display_name,
             "regex": self.repo_regex,
-            "repo": {"label": self.repo_label, "placeholder": self.repo_placeholder},
+            "spec": {
+                "validateRegex": self.repo_regex if self.spec_regex is None else self.spec_regex
+            },
+            "repo": {
+                "label": self.repo_label,
+                "placeholder": self.repo_placeholder,
+                "urlEncode": self.url_encoded,
+            },
             "ref": {
                 "enabled": self.uses_ref,
                 "label": self.ref_label,
                 "default": self.default_ref if self.uses_ref else "",
             },
         }
+        detect = self.detect_regex()
+        if detect:
+            info["detect"] = {"regex": detect}
+        return info

@@ -54,6 +54,8 @@ class CKANProvider(HttpRepoProvider):
     repo_label = "CKAN dataset URL"
     repo_placeholder = "https://demo.ckan.org/dataset/sample-dataset-1"
     repo_regex = r"^https?://\S+/dataset/\S+$"
+    spec_regex = r"^https?%3[Aa]%2[Ff]%2[Ff][^/]+$"
+    url_encoded = True
     uses_ref = False
     ref_label = ""
 

@@ -17,7 +17,7 @@ from traitlets import Bool, Unicode
 
 from binderbuild.errors import Forbidden, ProviderError, RefNotFound, SpecError
 from binderbuild.models import ResolvedRef
-from binderbuild.providers.base import ParsedSpec, reject_control_chars
+from binderbuild.providers.base import ParsedSpec, host_detect_regex, reject_control_chars
 from binderbuild.providers.github import OWNER_RE, GitHubRepoProvider
 from binderbuild.providers.httpapi import json_object
 
@@ -33,6 +33,7 @@ class GistRepoProvider(GitHubRepoProvider):
     repo_label = "Gist ID (username/gistId) or URL"
     repo_placeholder = "username/gistId"
     repo_regex = r"^[A-Za-z0-9][A-Za-z0-9-]{0,38}/[0-9a-fA-F]+$"
+    spec_regex = r"[^/]+/[^/]+(/[^/]+)?"
     ref_label = "Git commit SHA"
 
     gist_hostname = Unicode(
@@ -45,6 +46,9 @@ class GistRepoProvider(GitHubRepoProvider):
         config=True,
         help="Allow secret (unlisted) gists. Off by default, as on BinderHub.",
     )
+
+    def detect_regex(self) -> str | None:
+        return host_detect_regex(self.gist_hostname)
 
     def parse(self, spec: str) -> ParsedSpec:
         reject_control_chars(spec, "spec")

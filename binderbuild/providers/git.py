@@ -87,6 +87,8 @@ class GitRepoProvider(RepoProvider):
     repo_label = "Git repository URL"
     repo_placeholder = "https://example.org/owner/repo.git"
     repo_regex = r"^(https?|git)://[^\s]+$"
+    spec_regex = r"[^/]+/.+"
+    url_encoded = True
 
     allowed_schemes = List(
         Unicode(),

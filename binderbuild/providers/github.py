@@ -28,7 +28,7 @@ from traitlets import Integer, Unicode, default
 from binderbuild.errors import Forbidden, ProviderError, RefNotFound, SpecError
 from binderbuild.http import HttpResponse
 from binderbuild.models import ResolvedRef
-from binderbuild.providers.base import ParsedSpec, reject_control_chars
+from binderbuild.providers.base import ParsedSpec, host_detect_regex, reject_control_chars
 from binderbuild.providers.credentials import git_credential_env, password_of
 from binderbuild.providers.git import SHA1_OR_SHA256, validate_ref
 from binderbuild.providers.httpapi import HttpRepoProvider
@@ -76,6 +76,7 @@ class GitHubRepoProvider(HttpRepoProvider):
     repo_label = "GitHub repository name or URL"
     repo_placeholder = "owner/repository"
     repo_regex = r"^[A-Za-z0-9][A-Za-z0-9-]{0,38}/[A-Za-z0-9._-]{1,100}$"
+    spec_regex = r"[^/]+/[^/]+/.+"
 
     hostname = Unicode(
         "github.com",
@@ -139,6 +140,9 @@ class GitHubRepoProvider(HttpRepoProvider):
         self.etags = ETagStore(self.etag_cache_size)
 
     # --- spec -----------------------------------------------------------------
+
+    def detect_regex(self) -> str | None:
+        return host_detect_regex(self.hostname)
 
     def parse(self, spec: str) -> ParsedSpec:
         reject_control_chars(spec, "spec")

@@ -24,7 +24,12 @@ from traitlets import List, Unicode, default
 
 from binderbuild.errors import ProviderError, RefNotFound, SpecError, UnsafeURL
 from binderbuild.models import ResolvedRef
-from binderbuild.providers.base import ParsedSpec, reject_control_chars, split_encoded_spec
+from binderbuild.providers.base import (
+    ParsedSpec,
+    host_detect_regex,
+    reject_control_chars,
+    split_encoded_spec,
+)
 from binderbuild.providers.credentials import git_credential_env, password_of
 from binderbuild.providers.git import SHA1_OR_SHA256, validate_ref
 from binderbuild.providers.httpapi import HttpRepoProvider, json_object
@@ -41,6 +46,8 @@ class GitLabRepoProvider(HttpRepoProvider):
     repo_label = "GitLab.com repository or URL"
     repo_placeholder = "group/subgroup/project"
     repo_regex = r"^[^\s/]+(/[^\s/]+)+$"
+    spec_regex = r"[^/]+/.+"
+    url_encoded = True
 
     hostname = Unicode("gitlab.com", config=True, help="Host of the GitLab instance.")
     allowed_hosts = List(
@@ -107,6 +114,9 @@ class GitLabRepoProvider(HttpRepoProvider):
                 )
             return host, path
         return self.hostname.lower(), project.strip("/").removesuffix(".git")
+
+    def detect_regex(self) -> str | None:
+        return host_detect_regex(self.hostname)
 
     def parse(self, spec: str) -> ParsedSpec:
         project, ref = split_encoded_spec(

@@ -179,12 +179,32 @@ def test_internal_addresses_refused_without_allow_list(start_service, docker_cli
     assert "internal address" in result.final["message"]
 
 
-def test_missing_accept_header_is_400(service):
-    req = urllib.request.Request(f"{service.url}/build/git/x/y")
-    with pytest.raises(urllib.error.HTTPError) as info:
-        urllib.request.urlopen(req)
-    assert info.value.code == 400
-    assert "text/event-stream" in json.load(info.value)["message"]
+@pytest.mark.parametrize("accept", [None, "application/json"])
+def test_stream_without_event_stream_accept_fails_inside_the_stream(service, accept):
+    """BinderHub's answer: the stream opens (200, text/event-stream) and its one
+    event is ``failed`` with status_code 400, so a client that reads events
+    sees why; nothing is resolved or built."""
+    headers = {"Accept": accept} if accept else {}
+    req = urllib.request.Request(f"{service.url}/build/git/x/y", headers=headers)
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        body = resp.read().decode()
+    events = [json.loads(line[len("data:"):]) for line in body.splitlines() if line.startswith("data:")]
+    assert len(events) == 1, body
+    assert events[0]["phase"] == "failed"
+    assert events[0]["status_code"] == 400
+    assert "Accept" in events[0]["message"] and "text/event-stream" in events[0]["message"]
+
+
+def test_malformed_build_only_is_refused_before_any_stream(service):
+    for accept in ("text/event-stream", None):
+        headers = {"Accept": accept} if accept else {}
+        req = urllib.request.Request(f"{service.url}/build/git/x/y?build_only=maybe", headers=headers)
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(req, timeout=30)
+        assert info.value.code == 400
+        assert "build_only" in json.load(info.value)["message"]
 
 
 def test_registry_down_is_an_error_not_a_rebuild(start_service, docker_client, tmp_path, make_fixture_repo):

@@ -148,7 +148,9 @@ def test_invalid_spec_is_a_400_page_with_the_reason_escaped(pages_service: Binde
     assert json_resp.json()["status_code"] == 400
 
 
-@pytest.mark.parametrize("name", ["badge.svg", "badge_logo.svg"])
+# BinderHub's badge URLs, including the very old mybinder.org one that READMEs
+# still embed (BinderHub's app.py serves /assets/images/badge.svg too).
+@pytest.mark.parametrize("name", ["badge.svg", "badge_logo.svg", "assets/images/badge.svg"])
 def test_badges(pages_service: BinderBuildService, name: str) -> None:
     resp = get(f"{pages_service.url}/{name}")
     assert resp.status == 200
@@ -159,18 +161,51 @@ def test_badges(pages_service: BinderBuildService, name: str) -> None:
     assert "launch" in resp.text and "binder" in resp.text
 
 
+# Expected locations as BinderHub's LegacyRedirectHandler builds them (its
+# tests/test_legacy.py): the rest of the path becomes ``urlpath``, encoded by
+# tornado's url_concat (urlencode: '/' as %2F, ' ' as '+'); nothing for an
+# empty rest. binderbuild also keeps the request's own query parameters
+# (BinderHub drops them), so ?filepath= links still open their file.
 @pytest.mark.parametrize(
     "path, location",
     [
         ("/repo/someone/project", "/v2/gh/someone/project/master"),
-        ("/repo/someone/project/tree/x", "/v2/gh/someone/project/master"),
+        ("/repo/someone/project/", "/v2/gh/someone/project/master"),
+        (
+            "/repo/binderhub-ci-repos/requirements/notebooks/index.ipynb",
+            "/v2/gh/binderhub-ci-repos/requirements/master?urlpath=%2Fnotebooks%2Findex.ipynb",
+        ),
+        ("/repo/someone/project/tree/x", "/v2/gh/someone/project/master?urlpath=%2Ftree%2Fx"),
+        (
+            "/repo/someone/project/notebooks/my%20analysis.ipynb",
+            "/v2/gh/someone/project/master?urlpath=%2Fnotebooks%2Fmy+analysis.ipynb",
+        ),
         ("/repo/someone/project?filepath=a.ipynb", "/v2/gh/someone/project/master?filepath=a.ipynb"),
+        (
+            "/repo/someone/project/notebooks/a.ipynb?kernel=python3",
+            "/v2/gh/someone/project/master?urlpath=%2Fnotebooks%2Fa.ipynb&kernel=python3",
+        ),
+        # The path names what to open; a urlpath in the query does not override it.
+        (
+            "/repo/someone/project/notebooks/a.ipynb?urlpath=lab",
+            "/v2/gh/someone/project/master?urlpath=%2Fnotebooks%2Fa.ipynb",
+        ),
     ],
 )
 def test_legacy_repo_redirect(pages_service: BinderBuildService, path: str, location: str) -> None:
     resp = get(pages_service.url + path)
     assert resp.status == 302
     assert resp.headers["location"] == location
+
+
+def test_legacy_redirect_lands_on_a_page_that_opens_the_path(pages_service: BinderBuildService) -> None:
+    moved = get(pages_service.url + "/repo/someone/project/notebooks/my%20analysis.ipynb")
+    page = get(pages_service.url + moved.headers["location"])
+    assert page.status == 200
+    config = page.page_config()
+    assert config["spec"] == "someone/project/master"
+    assert config["open"]["urlpath"] == "/notebooks/my analysis.ipynb"
+    assert config["rejected"] == []
 
 
 def test_about_page(pages_service: BinderBuildService) -> None:
