@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import functools
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -77,6 +78,15 @@ DEFAULT_SOCKET = "/var/run/binderbuild-dind/docker.sock"
 
 class _Unstartable(Exception):
     """The pod can never start; carries the reason."""
+
+
+class FollowEnd(enum.StrEnum):
+    """How following a build pod ended; decides who deletes the pod."""
+
+    FINISHED = "finished"  # the build succeeded or failed
+    UNSTARTABLE = "unstartable"  # the pod can never start
+    STOPPED = "stopped"  # our consumer was cancelled (client or shutdown)
+    ABANDONED = "abandoned"  # the API failed under us; the pod may still finish
 
 
 class KubernetesBuilder(Builder):
@@ -443,34 +453,34 @@ class KubernetesBuilder(Builder):
                 f"This image is already being built by pod {name}; following it "
                 f"(showing up to its last {self.log_tail_lines} log lines).\n",
             )
-        ended = "abandoned"
+        ended = FollowEnd.ABANDONED
         try:
             async for ev in self._follow(
                 api, watcher, name, pod_uid, pod, None if owner else self.log_tail_lines
             ):
                 yield ev
-            ended = "finished"
+            ended = FollowEnd.FINISHED
         except BuildFailed:
-            ended = "finished"
+            ended = FollowEnd.FINISHED
             raise
         except _Unstartable as exc:
-            ended = "unstartable"
+            ended = FollowEnd.UNSTARTABLE
             raise BuildBackendError(str(exc)) from None
         except (asyncio.CancelledError, GeneratorExit):
-            ended = "stopped"
+            ended = FollowEnd.STOPPED
             raise
         finally:
             # Who removes the pod: its creator once it is over; anyone when it
             # can never start; anyone who stops (cancels) it, unless the
             # service is shutting down and the build should outlive it.
-            # "abandoned" (the API failed under us) keeps it: it may still
+            # ABANDONED (the API failed under us) keeps it: it may still
             # finish and push, and the sweep removes it later.
             if (
-                (ended == "finished" and owner)
-                or ended == "unstartable"
-                or (ended == "stopped" and not self._shutting_down)
+                (ended is FollowEnd.FINISHED and owner)
+                or ended is FollowEnd.UNSTARTABLE
+                or (ended is FollowEnd.STOPPED and not self._shutting_down)
             ):
-                await self._delete_quietly(api, name, pod_uid, why=ended)
+                await self._delete_quietly(api, name, pod_uid, why=ended.value)
 
     def _parts(self) -> tuple[PodAPI, PodWatcher]:
         if self._api is None or self._watcher is None:
