@@ -206,6 +206,12 @@ class BinderBuild(PageOptions, Application):
     resolve_cache_ttl = Float(
         60.0, config=True, help="Seconds a branch/tag resolution is reused (commit SHAs: forever)."
     )
+    resolve_concurrency_limit = Integer(
+        16,
+        config=True,
+        help="Ref resolutions (git ls-remote, provider API calls) running at once; further "
+        "ones wait. Identical requests always share one resolution.",
+    )
 
     # --- launching -------------------------------------------------------------
     launcher_class = Unicode(

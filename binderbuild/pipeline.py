@@ -13,6 +13,7 @@ or a script can drive it with ``asyncio.run``. Errors are raised as
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
 import logging
@@ -51,6 +52,9 @@ class PipelineSettings:
     image_prefix: str
     resolve_cache_ttl: float = 60.0
     negative_resolve_cache_ttl: float = 10.0
+    # Resolutions (git ls-remote, provider API calls) running at once; more
+    # wait their turn. Identical ones are always shared (single-flight).
+    max_concurrent_resolutions: int = 16
 
 
 class RunOutcome(enum.StrEnum):
@@ -175,6 +179,8 @@ class Pipeline:
             clock=clock
         )
         self.observers = tuple(observers)
+        self._resolving: dict[tuple[str, str], asyncio.Future[ResolvedRef]] = {}
+        self._resolve_slots = asyncio.Semaphore(max(1, settings.max_concurrent_resolutions))
 
     # --- stages usable on their own (API, pages) ----------------------------
 
@@ -190,17 +196,36 @@ class Pipeline:
         return Target(request, provider, parsed)
 
     async def resolve(self, provider: RepoProvider, spec: str) -> ResolvedRef:
+        """The immutable ref of ``spec``: cached, and single-flight, so any
+        number of clients asking for one spec at once cost one resolution
+        (one ``git ls-remote``), and at most ``max_concurrent_resolutions``
+        run at all (the rest queue rather than fail)."""
         key = (provider.provider_id, spec)
         cached = self.resolve_cache.get(key)
         if isinstance(cached, RefNotFound):
             raise cached
         if cached is not None:
             return cached
-        try:
-            ref = await provider.resolve(spec)
-        except RefNotFound as exc:
-            self.resolve_cache.set(key, exc, self.settings.negative_resolve_cache_ttl)
-            raise
+        task = self._resolving.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._resolve_uncached(provider, spec, key))
+            self._resolving[key] = task
+            task.add_done_callback(lambda _t: self._resolving.pop(key, None))
+            # A failure nobody awaits any more (all clients left) is still
+            # "retrieved": no "exception was never retrieved" noise.
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        # shield: one client leaving must not cancel the resolution others wait for.
+        return await asyncio.shield(task)
+
+    async def _resolve_uncached(
+        self, provider: RepoProvider, spec: str, key: tuple[str, str]
+    ) -> ResolvedRef:
+        async with self._resolve_slots:
+            try:
+                ref = await provider.resolve(spec)
+            except RefNotFound as exc:
+                self.resolve_cache.set(key, exc, self.settings.negative_resolve_cache_ttl)
+                raise
         ttl = FOREVER if ref.immutable_ref else self.settings.resolve_cache_ttl
         self.resolve_cache.set(key, ref, ttl)
         return ref

@@ -221,7 +221,9 @@ def compose(app: BinderBuild, registry_config: DockerRegistry) -> Services:
         known_images=known_images,
         launcher=launcher,
         settings=PipelineSettings(
-            image_prefix=app.image_prefix, resolve_cache_ttl=app.resolve_cache_ttl
+            image_prefix=app.image_prefix,
+            resolve_cache_ttl=app.resolve_cache_ttl,
+            max_concurrent_resolutions=app.resolve_concurrency_limit,
         ),
         observers=[eventlog.observe_run],
     )
