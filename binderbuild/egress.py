@@ -8,7 +8,8 @@ URLs it likes, a host's DNS answer can change between the check and the clone
 URLs a record lists. On a single machine that process runs next to the hub,
 the registry and the cloud metadata service.
 
-So the Docker builder starts one ``EgressProxy`` per build on loopback and
+So the Docker builder starts one ``EgressProxy`` per build (on a Unix socket
+mounted into the build sandbox, or on loopback for an unsandboxed build) and
 points repo2docker's process at it (``http_proxy``/``https_proxy`` for git's
 curl and for ``requests``; ``GIT_PROXY_COMMAND`` for ``git://``, which
 tunnels through the same proxy with ``python -m binderbuild.egress HOST PORT``).
@@ -98,6 +99,14 @@ class EgressProxy:
 
     async def start(self, host: str = "127.0.0.1") -> EgressProxy:
         self._server = await asyncio.start_server(self._accept, host, 0, limit=_MAX_HEAD)
+        return self
+
+    async def start_unix(self, path: str) -> EgressProxy:
+        """Listen on a Unix socket instead: a build sandbox has no network, and
+        reaches the proxy through this socket mounted into its container."""
+        self._server = await asyncio.start_unix_server(self._accept, path, limit=_MAX_HEAD)
+        # The sandbox runs as another user; the socket is its only way out.
+        os.chmod(path, 0o666)
         return self
 
     @property

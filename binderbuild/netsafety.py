@@ -25,9 +25,45 @@ def parse_networks(cidrs: Iterable[str]) -> list[IPNetwork]:
     return [ipaddress.ip_network(c, strict=False) for c in cidrs]
 
 
+# IPv6 ranges that carry an IPv4 address inside them, and where it sits.
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated ::a.b.c.d
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052 well-known prefix
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215 local-use
+_TEREDO = ipaddress.ip_network("2001::/32")
+
+
+def embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for, if it is a wrapping of one.
+
+    IPv4-mapped (``::ffff:a.b.c.d``), IPv4-compatible (``::a.b.c.d``), 6to4
+    (``2002:AABB:CCDD::/48``) and NAT64 (``64:ff9b::a.b.c.d``): a connection to
+    any of them can end up at the IPv4 address inside.
+    """
+    if addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    if addr.sixtofour is not None:
+        return addr.sixtofour
+    if addr in _NAT64 or (addr in _IPV4_COMPATIBLE and int(addr) > 1):
+        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    return None
+
+
 def is_internal(addr: IPAddress) -> bool:
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return is_internal(addr.ipv4_mapped)
+    """Whether ``addr`` may be inside the deployment's networks.
+
+    Besides the IPv4/IPv6 private, loopback, link-local, multicast, reserved
+    and other non-global ranges: IPv6 addresses that wrap an internal IPv4
+    address (see ``embedded_ipv4``), all Teredo addresses (they tunnel to an
+    IPv4 address chosen by whoever owns the name) and local-use NAT64.
+    """
+    if isinstance(addr, ipaddress.IPv6Address):
+        inner = embedded_ipv4(addr)
+        if inner is not None and is_internal(inner):
+            return True
+        if addr in _TEREDO or addr in _NAT64_LOCAL:
+            return True
+        if addr.ipv4_mapped is not None:
+            return False  # a mapped public IPv4 address is that public address
     return (
         addr.is_private
         or addr.is_loopback
@@ -40,7 +76,10 @@ def is_internal(addr: IPAddress) -> bool:
 
 
 def address_allowed(addr: IPAddress, allowed: Iterable[IPNetwork]) -> bool:
-    if any(addr in net for net in allowed):
+    # ::ffff:a.b.c.d is the IPv4 address itself (the kernel connects to it);
+    # other wrappings go through relays and are never "the allowed host".
+    mapped = addr.ipv4_mapped if isinstance(addr, ipaddress.IPv6Address) else None
+    if any(addr in net or (mapped is not None and mapped in net) for net in allowed):
         return True
     return not is_internal(addr)
 

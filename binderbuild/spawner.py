@@ -34,7 +34,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from tornado import web
-from traitlets import Bool, Integer, List, Unicode, default
+from traitlets import Bool, Callable, Float, Integer, List, Unicode, Union, default, validate
 from traitlets.config import Configurable
 
 try:  # JupyterHub >= 6: a policy refusal, logged without a traceback
@@ -226,8 +226,77 @@ class BinderSpawnerMixin(Configurable):
 try:
     import docker.errors
     from dockerspawner import DockerSpawner
+    from jupyterhub.traitlets import ByteSpecification
 except ImportError:  # pragma: no cover - the hub extra is not installed
     DockerSpawner = None
+
+
+# Host paths that are, or contain, the Docker (or containerd) socket: a server
+# that can talk to the engine is root on the host.
+_SOCKET_DIRS = {"/", "/run", "/var", "/var/run", "/run/docker", "/run/containerd"}
+_HOST_NAMESPACES = ("PidMode", "IpcMode", "UTSMode", "UsernsMode", "CgroupnsMode")
+
+
+def _mount_sources(host_config: dict[str, Any]) -> list[str]:
+    sources = [str(b).split(":", 1)[0] for b in host_config.get("Binds") or []]
+    sources += [str(m.get("Source") or "") for m in host_config.get("Mounts") or []]
+    return [s for s in sources if s.startswith("/")]
+
+
+def _is_engine_socket(path: str) -> bool:
+    normalized = "/" + "/".join(part for part in path.split("/") if part not in ("", "."))
+    return normalized in _SOCKET_DIRS or normalized.endswith((".sock", "/docker", "/containerd"))
+
+
+def harden_container(
+    create_kwargs: dict[str, Any],
+    *,
+    uid: int,
+    gid: int,
+    pids_limit: int,
+    allow_host_network: bool,
+) -> dict[str, Any]:
+    """The ``create_container`` arguments of a Binder server, made safe.
+
+    Whatever the image or the rest of the configuration asks for: the user is
+    ``uid:gid`` (never root), every capability is dropped, ``no-new-privileges``
+    is set, the container is not privileged and shares no namespace with the
+    host, has at most ``pids_limit`` processes and no swap beyond its memory
+    limit. The Docker socket (or a directory holding it) is never mounted, and
+    the host network only with ``allow_host_network``: both are refused.
+    """
+    if uid <= 0 or gid < 0:
+        raise spawn_error("Refusing to start a server as root (run_as_uid must not be 0).")
+    kwargs = dict(create_kwargs)
+    host = dict(kwargs.get("host_config") or {})
+    if host.get("NetworkMode") == "host" and not allow_host_network:
+        raise spawn_error(
+            "Refusing to start a server on the host's network: it would reach every service "
+            "of this machine. Use an internal network (docs/security.md), or set "
+            "BinderDockerSpawner.allow_host_network = True (unsafe for public use)."
+        )
+    for key in _HOST_NAMESPACES:
+        if str(host.get(key) or "").startswith("host"):
+            raise spawn_error(f"Refusing to start a server with {key}={host[key]!r}.")
+    sockets = [src for src in _mount_sources(host) if _is_engine_socket(src)]
+    if sockets:
+        raise spawn_error(
+            f"Refusing to mount {', '.join(sockets)} into a server: the Docker socket "
+            "gives root on the host."
+        )
+    host["Privileged"] = False
+    host.pop("CapAdd", None)
+    host["CapDrop"] = ["ALL"]
+    security = [o for o in host.get("SecurityOpt") or [] if not o.startswith("no-new-privileges")]
+    host["SecurityOpt"] = [*security, "no-new-privileges"]
+    host.pop("Devices", None)
+    if pids_limit > 0:
+        host["PidsLimit"] = pids_limit
+    if host.get("Memory"):
+        host["MemorySwap"] = host["Memory"]
+    kwargs["host_config"] = host
+    kwargs["user"] = f"{uid}:{gid}"
+    return kwargs
 
 
 _RECENT_PORTS: dict[int, float] = {}
@@ -255,11 +324,18 @@ if DockerSpawner is not None:
     class BinderDockerSpawner(BinderSpawnerMixin, DockerSpawner):  # type: ignore[misc]  # DockerSpawner is untyped (Any)
         """DockerSpawner for Binder launches.
 
-        With ``network_name = "host"`` (a machine whose Docker engine has no
-        bridge network, like binderbuild's single-machine mode) every server
-        shares the host's network and listens on ``host_network_ip`` (the
-        loopback address by default) on a free port chosen per spawn. With any
-        other network DockerSpawner's usual addressing applies.
+        Servers run code from strangers, so every container is hardened
+        (``harden_container``): uid ``run_as_uid`` whatever the image's
+        ``USER``, no capabilities, ``no-new-privileges``, ``mem_limit``,
+        ``cpu_limit`` and ``pids_limit``, never the Docker socket. They belong
+        on a network of their own (binderbuild's single-machine mode makes an
+        internal bridge, ``binderbuild-servers``) where the proxy reaches them
+        at their container address and they listen on ``0.0.0.0``.
+
+        ``network_name = "host"`` is refused unless ``allow_host_network`` is
+        set: every server then shares the host's network (and reaches its
+        loopback services) and listens on ``host_network_ip`` on a free port
+        chosen per spawn.
 
         ``start()`` returns only once the server's port accepts connections,
         and fails with the container's exit status and last log lines when the
@@ -281,6 +357,55 @@ if DockerSpawner is not None:
         exit_log_lines = Integer(
             20, config=True, help="Log lines of an exited container quoted in the failure."
         )
+        allow_host_network = Bool(
+            False,
+            config=True,
+            help="""Allow network_name='host'. UNSAFE for public use: every server shares
+            the host's network and can reach each service the host binds to loopback
+            (registry, binderbuild, the proxy's API). Without it such spawns are refused.""",
+        )
+        run_as_uid = Integer(
+            1000,
+            config=True,
+            help="""User id every server runs as, whatever the image's USER says (1000, as
+            repo2docker images and Zero to JupyterHub use). Must not be 0.""",
+        )
+        run_as_gid = Integer(1000, config=True, help="Group id every server runs as.")
+        pids_limit = Integer(
+            512,
+            config=True,
+            help="Most processes (and threads) a server may run; 0: no limit.",
+        )
+        mem_limit = Union(
+            [Callable(), ByteSpecification()],
+            default_value=2 * 1024**3,
+            config=True,
+            help="""Memory limit of each server (2G by default; e.g. '512M', '4G'). A
+            process allocating beyond it is killed; there is no swap beyond it.""",
+        )
+        cpu_limit = Union(
+            [Callable(), Float(allow_none=True)],
+            default_value=1.0,
+            config=True,
+            help="CPUs each server may use (1.0 by default; fractions allowed).",
+        )
+        registry_username = Unicode(
+            "",
+            config=True,
+            help="""User name for pulling server images from the registry (the registry
+            binderbuild pushes to). Used by the Docker engine's pull only; never given to
+            a server.""",
+        )
+        registry_password = Unicode(
+            "", config=True, help="Password for pulling server images (registry_username)."
+        )
+
+        @validate("run_as_uid")
+        def _validate_uid(self, proposal: Any) -> int:
+            uid = int(proposal["value"])
+            if uid <= 0:
+                raise ValueError("BinderDockerSpawner.run_as_uid must not be 0 (root)")
+            return uid
 
         # DockerSpawner's Bool trait, declared for the type checker.
         remove: bool
@@ -328,6 +453,31 @@ if DockerSpawner is not None:
             finally:
                 self.remove = remove
 
+        def docker(self, method: str, *args: Any, **kwargs: Any) -> Any:
+            # Every call to the engine goes through here: the one place where
+            # a container's definition is final, whatever DockerSpawner, its
+            # extra_create_kwargs / extra_host_config or the image asked for.
+            if method == "create_container":
+                kwargs = harden_container(
+                    kwargs,
+                    uid=self.run_as_uid,
+                    gid=self.run_as_gid,
+                    pids_limit=self.pids_limit,
+                    allow_host_network=self.allow_host_network,
+                )
+            elif method == "pull" and self.registry_username:
+                kwargs.setdefault(
+                    "auth_config",
+                    {"username": self.registry_username, "password": self.registry_password},
+                )
+            return super().docker(method, *args, **kwargs)
+
+        def get_args(self) -> list[str]:
+            args = super().get_args()
+            # Where the proxy reaches the server. Last, so that it wins over an
+            # --ip in the image's command (which a repository chooses).
+            return [*args, f"--ip={self.ip}", f"--port={self.port}"]
+
         async def get_command(self) -> list[str]:
             if self.cmd:
                 command: list[str] = await super().get_command()
@@ -356,6 +506,14 @@ if DockerSpawner is not None:
 
         async def start(self) -> Any:
             self._binder_events = []
+            if self._host_network and not self.allow_host_network:
+                harden_container(
+                    {"host_config": {"NetworkMode": "host"}},
+                    uid=self.run_as_uid,
+                    gid=self.run_as_gid,
+                    pids_limit=self.pids_limit,
+                    allow_host_network=False,
+                )
             if self._host_network:
                 # No port mapping exists on the host network: the server binds
                 # a free port of the host itself.

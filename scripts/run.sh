@@ -8,8 +8,12 @@
 # 2. The image registry on 127.0.0.1:5000 (scripts/services.sh start), or with
 #    --local-store none: the Docker engine's own image store is the cache.
 # 3. A JupyterHub with its proxy, configured by binderbuild.hubconfig:
-#    binderbuild's BinderDockerSpawner on the local engine (servers on
-#    loopback, host network), binderbuild's service token, the idle culler.
+#    binderbuild's BinderDockerSpawner on the local engine (servers on the
+#    internal Docker network binderbuild-servers, made when missing, as uid
+#    1000 with no capabilities and memory/CPU/PID limits; the hub's API on
+#    the host's address on that network), binderbuild's service token, the
+#    idle culler. The registry's credentials go to binderbuild (push) and the
+#    hub (pull) only.
 # 4. binderbuild on 127.0.0.1:PORT (default 8585), launching on that hub.
 # 5. A demo repository on a loopback git server, and the URL to open.
 #
@@ -22,7 +26,10 @@
 # Environment knobs: BINDERBUILD_PORT (8585), BINDERBUILD_HUB_PORT (8000,
 # where browsers reach the servers), BINDERBUILD_HUB_API_PORT (8081),
 # BINDERBUILD_PROXY_API_PORT (8001), BINDERBUILD_DEMO_GIT_PORT (9419),
-# BINDERBUILD_REGISTRY_PORT (5000), BINDERBUILD_CULL_TIMEOUT (600 s idle).
+# BINDERBUILD_REGISTRY_PORT (5000), BINDERBUILD_CULL_TIMEOUT (600 s idle),
+# BINDERBUILD_SERVER_NETWORK (binderbuild-servers; "host" is the unsafe
+# opt-in of docs/security.md), BINDERBUILD_SERVER_MEM_LIMIT (2G),
+# BINDERBUILD_SERVER_CPU_LIMIT (1), BINDERBUILD_SERVER_PIDS_LIMIT (512).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,6 +45,10 @@ PROXY_API_PORT="${BINDERBUILD_PROXY_API_PORT:-8001}"
 GIT_PORT="${BINDERBUILD_DEMO_GIT_PORT:-9419}"
 REGISTRY_PORT="${BINDERBUILD_REGISTRY_PORT:-5000}"
 CULL_TIMEOUT="${BINDERBUILD_CULL_TIMEOUT:-600}"
+SERVER_NETWORK="${BINDERBUILD_SERVER_NETWORK:-binderbuild-servers}"
+SERVER_MEM_LIMIT="${BINDERBUILD_SERVER_MEM_LIMIT:-2G}"
+SERVER_CPU_LIMIT="${BINDERBUILD_SERVER_CPU_LIMIT:-1}"
+SERVER_PIDS_LIMIT="${BINDERBUILD_SERVER_PIDS_LIMIT:-512}"
 USE_REGISTRY=1
 SETUP=1
 DEMO=1
@@ -49,7 +60,7 @@ while [ $# -gt 0 ]; do
         --local-store) USE_REGISTRY=0; shift ;;
         --no-setup) SETUP=0; shift ;;
         --no-demo) DEMO=0; shift ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -57,14 +68,14 @@ done
 say() { printf 'run: %s\n' "$*"; }
 die() { printf 'run: ERROR: %s\n' "$*" >&2; exit 1; }
 
-port_busy() {
-    "$PY" - "$1" <<'EOF' 2>/dev/null
+port_busy() {  # port [ip]
+    "$PY" - "$1" "${2:-127.0.0.1}" <<'EOF' 2>/dev/null
 import socket, sys
 s = socket.socket()
 # Like the servers themselves: connections in TIME_WAIT do not make a port busy.
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 try:
-    s.bind(("127.0.0.1", int(sys.argv[1])))
+    s.bind((sys.argv[2], int(sys.argv[1])))
 except OSError:
     sys.exit(0)
 sys.exit(1)
@@ -94,9 +105,23 @@ CHP="$VAR/node/node_modules/.bin/configurable-http-proxy"
 [ -x "$CHP" ] || die "configurable-http-proxy missing ($CHP): run scripts/setup.sh"
 mkdir -p "$STATE/hub" "$LOG"
 
-for p in "$PORT" "$HUB_PORT" "$HUB_API_PORT" "$PROXY_API_PORT"; do
+# Servers run on an internal Docker network of their own; the hub's API
+# listens on the host's address there (the network's gateway), the only
+# address of this machine the servers need. Made when missing.
+if [ "$SERVER_NETWORK" = host ]; then
+    say "WARNING: BINDERBUILD_SERVER_NETWORK=host: servers share this machine's network and"
+    say "  reach every service on its loopback. Unsafe for public use (docs/security.md)."
+    HUB_IP=127.0.0.1
+else
+    HUB_IP="$("$PY" -m binderbuild.hubconfig.network "$SERVER_NETWORK")" \
+        || die "could not set up the Docker network $SERVER_NETWORK for the servers"
+fi
+
+for p in "$PORT" "$HUB_PORT" "$PROXY_API_PORT"; do
     port_busy "$p" && die "port $p on 127.0.0.1 is in use (another run.sh? set BINDERBUILD_*PORT)"
 done
+port_busy "$HUB_API_PORT" "$HUB_IP" \
+    && die "port $HUB_API_PORT on $HUB_IP is in use (another run.sh? set BINDERBUILD_HUB_API_PORT)"
 
 # ------------------------------------------------------------ supervision
 PIDS=()
@@ -136,9 +161,13 @@ if [ "$USE_REGISTRY" = 1 ]; then
     fi
     IMAGE_PREFIX="127.0.0.1:$REGISTRY_PORT/binder-"
     PULL_POLICY="ifnotpresent"
+    # Made by services.sh; absent when someone else's registry answers there.
+    REGISTRY_CREDENTIALS="$VAR/registry/credentials"
+    [ -s "$REGISTRY_CREDENTIALS" ] || REGISTRY_CREDENTIALS=""
 else
     IMAGE_PREFIX="binder-"
     PULL_POLICY="never"
+    REGISTRY_CREDENTIALS=""
 fi
 
 # ------------------------------------------------------------ the hub
@@ -152,7 +181,11 @@ TOKEN_FILE="$STATE/binder-service-token"
     --port "$HUB_PORT" --hub-port "$HUB_API_PORT" --proxy-api-port "$PROXY_API_PORT" \
     --pull-policy "$PULL_POLICY" \
     --container-prefix "binder" \
-    --cull-timeout "$CULL_TIMEOUT"
+    --cull-timeout "$CULL_TIMEOUT" \
+    --docker-network "$SERVER_NETWORK" --hub-ip "$HUB_IP" \
+    --mem-limit "$SERVER_MEM_LIMIT" --cpu-limit "$SERVER_CPU_LIMIT" \
+    --pids-limit "$SERVER_PIDS_LIMIT" \
+    --registry-credentials-file "$REGISTRY_CREDENTIALS"
 say "starting JupyterHub on http://127.0.0.1:$HUB_PORT/ (log: $LOG/jupyterhub.log)"
 (
     cd "$STATE/hub"
@@ -194,10 +227,22 @@ cat >"$STATE/binderbuild_config.py" <<EOF
 c.BinderBuild.ip = "127.0.0.1"
 c.BinderBuild.port = $PORT
 c.BinderBuild.hub_url = "http://127.0.0.1:$HUB_PORT/"
-c.BinderBuild.hub_url_local = "http://127.0.0.1:$HUB_API_PORT/"
+# The hub's API listens on the host's address on the servers' network.
+c.BinderBuild.hub_url_local = "http://$HUB_IP:$HUB_API_PORT/"
 c.BinderBuild.image_prefix = "$IMAGE_PREFIX"
 c.BinderBuild.use_registry = $([ "$USE_REGISTRY" = 1 ] && echo True || echo False)
 c.DockerRegistry.url = "http://127.0.0.1:$REGISTRY_PORT"
+EOF
+if [ -n "$REGISTRY_CREDENTIALS" ]; then
+    cat >>"$STATE/binderbuild_config.py" <<EOF
+# The registry's credentials (made by scripts/services.sh), read at start.
+with open("$REGISTRY_CREDENTIALS") as _f:
+    _user, _, _password = _f.read().strip().partition(":")
+c.DockerRegistry.username = _user
+c.DockerRegistry.password = _password
+EOF
+fi
+cat >>"$STATE/binderbuild_config.py" <<EOF
 # The demo repository is served from loopback.
 c.BinderBuild.allowed_internal_networks = ["127.0.0.0/8"]
 EOF

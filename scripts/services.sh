@@ -7,8 +7,15 @@
 #
 # Services:
 #   registry   Docker distribution registry on 127.0.0.1:${BINDERBUILD_REGISTRY_PORT:-5000},
-#              storing under $ROOT/var/registry, deletes enabled, no auth
-#              (loopback only). Log: $ROOT/var/log/registry.log
+#              storing under $VAR/registry, with htpasswd authentication
+#              and deletes disabled. The credentials are made on the first
+#              start (user binderbuild, random password) and kept in
+#              $VAR/registry/credentials ("user:password", mode 600): only
+#              binderbuild (push) and the hub's spawner (the engine's pull)
+#              read them; servers and build steps never see them.
+#              Log: $VAR/log/registry.log
+#
+# BINDERBUILD_VAR moves $VAR (default $ROOT/var), e.g. for tests.
 #
 # dockerd is started by scripts/setup.sh; tests start their own registries
 # and git servers on free ports (tests/realservices.py), so they never depend
@@ -16,28 +23,58 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VAR="$ROOT/var"
+VAR="${BINDERBUILD_VAR:-$ROOT/var}"
 LOG="$VAR/log"
 RUN="$VAR/run"
 REGISTRY_PORT="${BINDERBUILD_REGISTRY_PORT:-5000}"
 REGISTRY_ADDR="127.0.0.1:$REGISTRY_PORT"
 REGISTRY_DIR="$VAR/registry"
 REGISTRY_PID="$RUN/registry.pid"
+REGISTRY_CREDENTIALS="$REGISTRY_DIR/credentials"
+REGISTRY_HTPASSWD="$REGISTRY_DIR/htpasswd"
 
 say() { printf 'services: %s\n' "$*"; }
 
 registry_up() {
-    # /v2/ answers 200 without auth; any HTTP answer means something listens.
+    # Any HTTP answer (401 with auth) means something listens.
     curl -s -o /dev/null --max-time 3 "http://$REGISTRY_ADDR/v2/"
+}
+
+random_hex() { head -c "$1" /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+
+ensure_credentials() {
+    # Made once, then reused: binderbuild and the hub read the same file.
+    if [ ! -s "$REGISTRY_CREDENTIALS" ] || [ ! -s "$REGISTRY_HTPASSWD" ]; then
+        command -v htpasswd >/dev/null || { say "htpasswd missing (apache2-utils): run scripts/setup.sh"; exit 1; }
+        local user=binderbuild password
+        password="$(random_hex 24)"
+        (
+            umask 077
+            printf '%s:%s\n' "$user" "$password" >"$REGISTRY_CREDENTIALS.tmp"
+            htpasswd -Bbn "$user" "$password" | sed '/^$/d' >"$REGISTRY_HTPASSWD.tmp"
+        )
+        mv "$REGISTRY_HTPASSWD.tmp" "$REGISTRY_HTPASSWD"
+        mv "$REGISTRY_CREDENTIALS.tmp" "$REGISTRY_CREDENTIALS"
+        say "registry credentials made: $REGISTRY_CREDENTIALS"
+    fi
+    chmod 600 "$REGISTRY_CREDENTIALS" "$REGISTRY_HTPASSWD"
 }
 
 start_registry() {
     if registry_up; then
         say "registry already answering on $REGISTRY_ADDR"
+        code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 3 "http://$REGISTRY_ADDR/v2/" || true)"
+        if [ "$code" = 200 ]; then
+            say "WARNING: it answers without authentication (started by an older version?):"
+            say "  run 'scripts/services.sh stop' then 'scripts/services.sh start'"
+        fi
         return
     fi
     command -v docker-registry >/dev/null || { say "docker-registry missing: run scripts/setup.sh"; exit 1; }
+    # Config (with the upload secret), credentials and data: root's only.
+    umask 077
     mkdir -p "$LOG" "$RUN" "$REGISTRY_DIR/data"
+    ensure_credentials
     # The config is rewritten each start so a changed ROOT or port applies.
     cat >"$REGISTRY_DIR/config.yml" <<EOF
 version: 0.1
@@ -48,10 +85,17 @@ log:
 storage:
   filesystem:
     rootdirectory: $REGISTRY_DIR/data
+  # Nothing of binderbuild deletes images: a stolen credential cannot either.
   delete:
-    enabled: true
+    enabled: false
+auth:
+  htpasswd:
+    realm: binderbuild
+    path: $REGISTRY_HTPASSWD
 http:
   addr: $REGISTRY_ADDR
+  # Shared secret of upload sessions; a new one each start.
+  secret: $(random_hex 16)
 EOF
     # setsid + nohup so the registry outlives the shell that started it.
     setsid nohup docker-registry serve "$REGISTRY_DIR/config.yml" \

@@ -16,6 +16,8 @@
 #     binderbuild/notebook-base:bookworm (scripts/images/notebook-base) and
 #     binderbuild/python-standin:3.11-bookworm (scripts/images/python-standin,
 #     stands in for python:3.11-slim-bookworm in tests/images)
+#   - the build sandbox's image binderbuild/builder:local (images/builder with
+#     this checkout's binderbuild; scripts/builder_image.py)
 #
 # It starts no registry, hub or git server: tests start their own, and
 # scripts/services.sh starts the long-running ones for single-machine use.
@@ -260,6 +262,16 @@ PY
 else
     say "$PYTHON_STANDIN_IMAGE up to date"
 fi
+
+# The build sandbox (DockerBuilder.sandbox_image): repo2docker and this
+# checkout's binderbuild, FROM the stand-in above. Rebuilt when the hash of
+# its sources (Dockerfile, binderbuild/, the base image) changes; apt and pip
+# layers stay cached across code changes.
+if ! "$VENV/bin/python" "$ROOT/scripts/builder_image.py" --quiet \
+        >"$LOG/builder-image.log" 2>&1; then
+    show_log "$LOG/builder-image.log"; fail "building the build sandbox image"
+fi
+say "$(tail -n 1 "$LOG/builder-image.log")"
 
 say "all steps done"
 echo "setup: ok"

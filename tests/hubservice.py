@@ -8,6 +8,10 @@ same ports, database and token, like an operator restarting the hub.
 
 Containers are named ``<container_prefix>-<user>``; the prefix is random per
 instance so a test can find (and the fixture remove) exactly its own.
+
+Servers run as in the single-machine mode: on the project's internal Docker
+network (``binderbuild-servers``, created here when missing), the hub's API
+on the host's address on that network, everything else on loopback.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from binderbuild.hubconfig import HubConfig, write
+from binderbuild.hubconfig import HOST_NETWORK, HubConfig, write
+from binderbuild.hubconfig.network import DEFAULT_SERVER_NETWORK, ensure_server_network
 from tests.realservices import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +58,9 @@ class HubService:
         auth_enabled: bool = False,
         extra: str = "",
         start_timeout: int = 60,
+        pull_policy: str = "never",
+        registry_credentials_file: Path | None = None,
+        network: str = DEFAULT_SERVER_NETWORK,
     ) -> None:
         if not PROXY_COMMAND.exists():
             raise HubUnavailable(
@@ -64,16 +72,22 @@ class HubService:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.token = secrets.token_hex(32)
         self.container_prefix = f"bbhub-{secrets.token_hex(3)}"
+        # The host's address on the servers' network: the hub's API listens
+        # there (servers need it) and binderbuild's hub_url_local points there.
+        hub_ip = "" if network == HOST_NETWORK else ensure_server_network(network)
         self.config = HubConfig(
             data_dir=self.workdir,
             api_token=self.token,
             image_prefixes=list(image_prefixes),
             proxy_command=str(PROXY_COMMAND),
             port=free_port(),
-            hub_port=free_port(),
+            hub_port=free_port(hub_ip or "127.0.0.1"),
             proxy_api_port=free_port(),
+            docker_network=network,
+            hub_ip=hub_ip,
+            registry_credentials_file=str(registry_credentials_file or ""),
             container_prefix=self.container_prefix,
-            pull_policy="never",
+            pull_policy=pull_policy,
             cull_timeout=cull_timeout,
             cull_every=cull_every,
             auth_enabled=auth_enabled,

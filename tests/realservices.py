@@ -80,10 +80,11 @@ class ServiceUnavailable(AssertionError):
     """A real service the tests need is missing: a failure, never a skip."""
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+def free_port(ip: str = LOOPBACK) -> int:
+    """A TCP port on ``ip`` (loopback, or the host's own address on the
+    servers' Docker network) that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
+        s.bind((ip, 0))
         return s.getsockname()[1]
 
 
@@ -571,6 +572,31 @@ def docker_available(images: Sequence[str] = (BASE_IMAGE, NOTEBOOK_BASE_IMAGE)) 
                 ) from None
     finally:
         client.close()
+    ensure_builder_image()
+
+
+_BUILDER_IMAGE_CHECKED = False
+
+
+def ensure_builder_image() -> None:
+    """The build sandbox's image must hold this checkout's binderbuild: rebuild
+    it when stale (scripts/builder_image.py; a hash comparison when current).
+    Once per process."""
+    global _BUILDER_IMAGE_CHECKED
+    if _BUILDER_IMAGE_CHECKED:
+        return
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "builder_image.py"
+    spec = importlib.util.spec_from_file_location("_builder_image", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    try:
+        module.ensure(quiet=True)
+    except SystemExit as exc:
+        raise ServiceUnavailable(f"The build sandbox image: {exc}") from None
+    _BUILDER_IMAGE_CHECKED = True
 
 
 # ---------------------------------------------------------------- git smart HTTP

@@ -1,10 +1,27 @@
-"""Build on the local Docker engine by running repo2docker as a subprocess.
+"""Build on the local Docker engine: repo2docker in a sandbox, then a trusted build.
 
-A subprocess (not repo2docker in-process) so that a crashed, hung or
-cancelled build can be killed as a whole process group, and so its memory
-stays out of the service. repo2docker talks to the engine through
-binderbuild's ``binderbuild_docker_api`` engine (``r2d_engine``), which needs
-no ``docker`` CLI or buildx plugin.
+A build has two processes (``sandbox`` = True, the default):
+
+1. the **sandbox** (``builders/sandbox.py``): repo2docker fetches the
+   repository, detects its buildpack, renders the Dockerfile and assembles
+   the build context in a container from the builder image, as uid 1000
+   with no capabilities, no Docker socket, no network but the build's egress
+   proxy, and one writable mount (its own work directory). Its engine
+   (``binderbuild_docker_api`` in export mode) writes the context and the
+   build parameters out instead of building;
+2. the **trusted step** (``builders/trusted_build.py``), a subprocess of the
+   service: checks that output as hostile input, applies the Dockerfile
+   policy, builds through the Docker Engine API and pushes.
+
+Nothing derived from a repository is fetched, read, detected or rendered by
+a process that is root on the host or holds the Docker socket; the trusted
+step only parses the sandbox's JSON and the tar's headers and Dockerfile.
+Both stream repo2docker-style JSON log lines into one ``R2dLogReader``, so
+events and failure messages are those of a single repo2docker run. Either
+can be killed at any time (the container is removed, the subprocess's
+process group killed). ``sandbox = False`` runs repo2docker itself as a
+subprocess of the service (the behaviour before sandboxes), for machines
+without the builder image; it is unsafe for public use.
 
 What a build can reach: the build steps run in containers on the network
 named by ``build_network`` (default ``none``) and never get the Docker socket;
@@ -31,9 +48,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from traitlets import Bool, Dict, Float, Integer, List, Unicode
+from traitlets import Bool, Dict, Float, Integer, List, Unicode, Union
 
+from binderbuild.builders import sandbox as sandbox_mod
 from binderbuild.builders.base import Builder
+from binderbuild.builders.dockerfile_policy import RegistryPolicy
 from binderbuild.builders.r2d_command import (
     add_git_config,
     git_fetch_config,
@@ -41,10 +60,12 @@ from binderbuild.builders.r2d_command import (
     repo2docker_config_text,
 )
 from binderbuild.builders.r2d_log import R2dLogReader, exit_failure
+from binderbuild.builders.trusted_build import ENV_MAX_CONTEXT
 from binderbuild.egress import ENV_PROXY, EgressProxy
 from binderbuild.errors import BuildBackendError, BuildFailed
 from binderbuild.events import ProgressEvent
 from binderbuild.models import BuildJob
+from binderbuild.units import parse_bytes
 
 _MAX_LINE = 1 << 20
 
@@ -93,6 +114,60 @@ class DockerBuilder(Builder):
         addresses, e.g. an internal GitHub Enterprise set as GitHubRepoProvider.hostname.
         Names, not networks: other hosts on the same network stay refused.""",
     )
+    allowed_registries = List(
+        Unicode(),
+        config=True,
+        help="""Registries a repository's Dockerfile may take images from (FROM,
+        COPY --from, RUN --mount=from=), e.g. ["docker.io", "quay.io", "ghcr.io"].
+        "docker.io" stands for Docker Hub and for names without a registry host
+        (python:3.11, and local base images such as binderbuild/base:bookworm).
+        An entry without a port allows every port of that host. Empty (default):
+        every public registry. Internal registries are refused either way unless
+        listed in allowed_internal_registries.""",
+    )
+    allowed_internal_registries = List(
+        Unicode(),
+        config=True,
+        help="""Registries on internal addresses (loopback, private networks, names
+        resolving to them) that a repository's Dockerfile may still name in FROM
+        or COPY --from, e.g. ["127.0.0.1:5000"] for this machine's own registry.
+        An entry without a port allows every port of that host. Default: none;
+        the Docker daemon would otherwise pull from inside the deployment on a
+        stranger's behalf.""",
+    )
+
+    sandbox = Bool(
+        True,
+        config=True,
+        help="""Fetch and detect in a build sandbox: repo2docker runs in a container from
+        sandbox_image as an unprivileged user, without the Docker socket, with no
+        network but the build's egress proxy; the service then builds and pushes what
+        it prepared. False runs repo2docker on the host, as the service's user and
+        with the Docker socket: a repository's record files and symlinks can then
+        reach the host's files. Only for trusted repositories.""",
+    )
+    sandbox_image = Unicode(
+        "binderbuild/builder:local",
+        config=True,
+        help="""Image of the build sandbox: repo2docker and binderbuild (images/builder,
+        built by scripts/setup.sh).""",
+    )
+    sandbox_memory_limit = Union(
+        [Integer(), Unicode()],
+        default_value="2G",
+        config=True,
+        help="Memory limit of the build sandbox (fetch and detection), e.g. '2G'.",
+    )
+    sandbox_pids_limit = Integer(
+        1024, config=True, help="Maximum number of processes in the build sandbox."
+    )
+    max_context_size = Union(
+        [Integer(), Unicode()],
+        default_value="10G",
+        config=True,
+        help="""Largest build context a sandbox may hand to the trusted build step
+        (bytes, or '10G'); larger ones fail the build.""",
+    )
 
     def _env(self, job: BuildJob, proxy: EgressProxy | None = None, workdir: str = "") -> dict[str, str]:
         env = {
@@ -101,6 +176,10 @@ class DockerBuilder(Builder):
             "PYTHONUNBUFFERED": "1",
             "GIT_TERMINAL_PROMPT": "0",
             "BINDERBUILD_BUILD_NETWORK": self.build_network,
+            # The Dockerfile policy's registry lists (dockerfile_policy.RegistryPolicy).
+            **RegistryPolicy(
+                tuple(self.allowed_registries), tuple(self.allowed_internal_registries)
+            ).to_env(),
         }
         docker_host = self.resources.docker_host
         if docker_host:
@@ -143,77 +222,197 @@ class DockerBuilder(Builder):
         env[ENV_PROXY] = proxy.address
 
     async def build(self, job: BuildJob) -> AsyncIterator[ProgressEvent]:
-        proxy: EgressProxy | None = None
-        if self.egress_filter:
-            proxy = EgressProxy(
-                self.resources.allowed_internal_networks, allowed_hosts=self.egress_allowed_hosts
-            )
+        # ignore_cleanup_errors: a service that is not root cannot always
+        # delete what the sandbox's user left behind.
+        with tempfile.TemporaryDirectory(prefix="binderbuild-", ignore_cleanup_errors=True) as workdir:
+            proxy: EgressProxy | None = None
+            if self.egress_filter:
+                proxy = EgressProxy(
+                    self.resources.allowed_internal_networks, allowed_hosts=self.egress_allowed_hosts
+                )
+                try:
+                    if self.sandbox:
+                        egress_dir = Path(workdir, "egress")
+                        egress_dir.mkdir(mode=0o755)
+                        egress_dir.chmod(0o755)
+                        await proxy.start_unix(str(egress_dir / sandbox_mod.EGRESS_SOCKET_NAME))
+                    else:
+                        await proxy.start()
+                except OSError as exc:
+                    raise BuildBackendError(
+                        f"Could not start the build's egress proxy: {exc}"
+                    ) from None
             try:
-                await proxy.start()
-            except OSError as exc:
-                raise BuildBackendError(f"Could not start the build's egress proxy: {exc}") from None
-        try:
-            # aclosing: a consumer that stops early must stop repo2docker
-            # (the inner generator's finally) before the proxy goes away.
-            async with contextlib.aclosing(self._build(job, proxy)) as events:
-                async for ev in events:
-                    yield ev
-        except BuildFailed as exc:
-            if proxy is not None and proxy.refusals:
-                # The refusal is the reason a user can act on; git only says
-                # "could not read from remote repository".
-                raise type(exc)(
-                    f"{exc.message} (the build tried to fetch from an address it may not "
-                    f"reach: {proxy.refusals[0]})"
-                ) from None
-            raise
-        finally:
-            if proxy is not None:
-                await proxy.close()
+                inner = (
+                    self._sandboxed(job, proxy, workdir)
+                    if self.sandbox
+                    else self._build(job, proxy, workdir)
+                )
+                # aclosing: a consumer that stops early must stop the build
+                # (the inner generator's finally) before the proxy goes away.
+                async with contextlib.aclosing(inner) as events:
+                    async for ev in events:
+                        yield ev
+            except BuildFailed as exc:
+                if proxy is not None and proxy.refusals:
+                    # The refusal is the reason a user can act on; git only says
+                    # "could not read from remote repository".
+                    raise type(exc)(
+                        f"{exc.message} (the build tried to fetch from an address it may not "
+                        f"reach: {proxy.refusals[0]})"
+                    ) from None
+                raise
+            finally:
+                if proxy is not None:
+                    await proxy.close()
 
     async def _build(
-        self, job: BuildJob, proxy: EgressProxy | None
+        self, job: BuildJob, proxy: EgressProxy | None, workdir: str
     ) -> AsyncGenerator[ProgressEvent, None]:
-        with tempfile.TemporaryDirectory(prefix="binderbuild-") as workdir:
-            config_path = Path(workdir, "repo2docker_config.py")
-            config_path.write_text(repo2docker_config_text(job.ref.content_provider))
-            argv = repo2docker_argv(
-                python=self.repo2docker_python,
-                repo_url=job.ref.repo_url,
-                ref=job.ref.resolved_ref,
-                image_name=job.image.name,
-                push=job.push,
-                config_path=str(config_path),
-                user_id=self.user_id,
-                user_name=self.user_name,
-                extra_args=self.extra_args,
+        """repo2docker on the host (``sandbox = False``)."""
+        config_path = Path(workdir, "repo2docker_config.py")
+        config_path.write_text(repo2docker_config_text(job.ref.content_provider))
+        argv = repo2docker_argv(
+            python=self.repo2docker_python,
+            repo_url=job.ref.repo_url,
+            ref=job.ref.resolved_ref,
+            image_name=job.image.name,
+            push=job.push,
+            config_path=str(config_path),
+            user_id=self.user_id,
+            user_name=self.user_name,
+            extra_args=self.extra_args,
+        )
+        env = self._env(job, proxy, workdir)
+        env["HOME"] = workdir
+        log = R2dLogReader(self.resources.scrubber)
+        code: list[int] = []
+        async for ev in self._process(argv, env, workdir, log, code):
+            yield ev
+        if code[0] != 0:
+            raise exit_failure(code[0], log)
+
+    async def _process(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: str,
+        log: R2dLogReader,
+        code: list[int],
+    ) -> AsyncGenerator[ProgressEvent, None]:
+        """Run ``argv`` in its own process group, yield its output as events,
+        append its exit status to ``code``; kill the group if stopped early."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+                limit=_MAX_LINE,
             )
-            env = self._env(job, proxy, workdir)
-            env["HOME"] = workdir
+        except OSError as exc:
+            raise BuildBackendError(f"Could not start {argv[0]}: {exc}") from None
+        try:
+            assert proc.stdout is not None
+            async for line in _lines(proc.stdout):
+                yield log.read(line)
+            code.append(await proc.wait())
+        finally:
+            if proc.returncode is None:
+                await self._stop(proc)
+
+    async def _sandboxed(
+        self, job: BuildJob, proxy: EgressProxy | None, workdir: str
+    ) -> AsyncGenerator[ProgressEvent, None]:
+        """Fetch and detect in the sandbox, then build what it prepared."""
+        client = self.resources.docker_client
+        if client is None:
+            raise BuildBackendError("The build sandbox needs the Docker engine, which is not configured.")
+        import docker.errors
+
+        box = Path(workdir, "box")
+        box.mkdir()
+        config = box / "repo2docker_config.py"
+        config.write_text(repo2docker_config_text(job.ref.content_provider))
+        try:
+            for path in (box, config):
+                os.chown(path, sandbox_mod.SANDBOX_UID, sandbox_mod.SANDBOX_UID)
+        except PermissionError:
+            # The service is not root: let the sandbox's user write anyway.
+            box.chmod(0o777)
+            config.chmod(0o644)
+        argv = repo2docker_argv(
+            python="python",
+            repo_url=job.ref.repo_url,
+            ref=job.ref.resolved_ref,
+            image_name=job.image.name,
+            push=False,
+            config_path=f"{sandbox_mod.WORK_DIR}/{config.name}",
+            user_id=self.user_id,
+            user_name=self.user_name,
+            extra_args=self.extra_args,
+        )
+        env = sandbox_mod.sandbox_env(
+            proxied=proxy is not None, extra=(self.extra_env, dict(job.extra_env))
+        )
+        add_git_config(env, git_fetch_config(sandbox_mod.relay_url() if proxy is not None else ""))
+        try:
+            args = sandbox_mod.container_args(
+                image=self.sandbox_image,
+                r2d_args=argv[3:],  # after "python -m repo2docker"
+                env=env,
+                work_dir=str(box),
+                egress_dir=str(Path(workdir, "egress")) if proxy is not None else None,
+                network=self.build_network,
+                memory_limit=parse_bytes(self.sandbox_memory_limit),
+                pids_limit=self.sandbox_pids_limit,
+                image_name=job.image.name,
+            )
+            container = await asyncio.to_thread(client.containers.create, **args)
+        except docker.errors.ImageNotFound:
+            raise BuildBackendError(
+                f"The build sandbox image {self.sandbox_image} is missing: run scripts/setup.sh."
+            ) from None
+        except (docker.errors.DockerException, ValueError) as exc:
+            raise BuildBackendError(f"Could not create the build sandbox: {exc}") from None
+        log = R2dLogReader(self.resources.scrubber)
+        try:
             try:
-                proc = await asyncio.create_subprocess_exec(
-                    *argv,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.STDOUT,
-                    env=env,
-                    cwd=workdir,
-                    start_new_session=True,
-                    limit=_MAX_LINE,
-                )
-            except OSError as exc:
-                raise BuildBackendError(f"Could not start repo2docker: {exc}") from None
-            log = R2dLogReader(self.resources.scrubber)
+                await asyncio.to_thread(container.start)
+            except docker.errors.DockerException as exc:
+                raise BuildBackendError(f"Could not start the build sandbox: {exc}") from None
+            async for line in sandbox_mod.container_lines(client, container.id):
+                yield log.read(line)
             try:
-                assert proc.stdout is not None
-                async for line in _lines(proc.stdout):
-                    yield log.read(line)
-                code = await proc.wait()
-            finally:
-                if proc.returncode is None:
-                    await self._stop(proc)
+                status = await asyncio.to_thread(container.wait)
+            except docker.errors.DockerException as exc:
+                raise BuildBackendError(f"Lost the build sandbox: {exc}") from None
+        finally:
+            await sandbox_mod.remove(client, container.id)
+        code = int(status.get("StatusCode", 1))
         if code != 0:
             raise exit_failure(code, log)
+
+        # The trusted step: build and push what the sandbox prepared.
+        trusted = [
+            self.repo2docker_python,
+            "-m",
+            "binderbuild.builders.trusted_build",
+            f"--dir={box / 'out'}",
+            f"--tag={job.image.name}",
+            "--push" if job.push else "--no-push",
+        ]
+        env = self._env(job)
+        env["HOME"] = workdir
+        env[ENV_MAX_CONTEXT] = str(parse_bytes(self.max_context_size))
+        codes: list[int] = []
+        async for ev in self._process(trusted, env, workdir, log, codes):
+            yield ev
+        if codes[0] != 0:
+            raise exit_failure(codes[0], log)
 
     async def _stop(self, proc: asyncio.subprocess.Process) -> None:
         """Stop the whole process group: TERM, then KILL after the grace period."""
@@ -225,6 +424,24 @@ class DockerBuilder(Builder):
                 return
             except TimeoutError:
                 continue
+
+    async def start(self) -> None:
+        """Say at startup, not at the first build, when the sandbox image is missing."""
+        client = self.resources.docker_client
+        if not self.sandbox or client is None:
+            return
+        import docker.errors
+
+        try:
+            await asyncio.to_thread(client.api.inspect_image, self.sandbox_image)
+        except docker.errors.ImageNotFound:
+            self.log.error(
+                "The build sandbox image %s is missing: builds will fail until "
+                "scripts/setup.sh (scripts/builder_image.py) builds it.",
+                self.sandbox_image,
+            )
+        except (docker.errors.DockerException, OSError) as exc:
+            self.log.warning("Could not check the build sandbox image: %s", exc)
 
     async def check(self) -> dict[str, Any]:
         client = self.resources.docker_client

@@ -28,6 +28,12 @@ engine):
     Docker daemon address (``unix:///var/run/docker.sock``, ``tcp://...``).
     Unset: ``docker.from_env()``, i.e. ``DOCKER_HOST`` & co. or the default
     socket.
+``BINDERBUILD_ENGINE_EXPORT_DIR``
+    Export mode, used inside a build sandbox (``builders/sandbox.py``): the
+    engine talks to no daemon at all. ``build()`` writes the build context
+    and parameters to this directory (``sandbox_output``) and returns; the
+    service's trusted step checks and builds them. ``inspect_image`` finds
+    nothing, so repo2docker always "builds".
 ``CONTAINER_ENGINE_REGISTRY_CREDENTIALS``
     repo2docker's own variable (``ContainerEngine.registry_credentials``):
     JSON ``{"registry": "...", "username": "...", "password": "..."}``.
@@ -39,7 +45,10 @@ engine):
 
 Before anything reaches the daemon, the Dockerfile is checked
 (``dockerfile_policy``): ``ADD`` from a URL is downloaded by the daemon itself,
-outside the build network, so such Dockerfiles fail with a clear message.
+outside the build network, so such Dockerfiles fail with a clear message; so
+do image references (``FROM``, ``COPY --from``...) on internal registries or
+on registries outside ``BINDERBUILD_ALLOWED_REGISTRIES`` (JSON lists set by
+``DockerBuilder``, with ``BINDERBUILD_ALLOWED_INTERNAL_REGISTRIES``).
 
 Build output is Docker's own event dicts (``string_output = False``), which
 repo2docker turns into its JSON log lines (written to *stderr*):
@@ -52,9 +61,11 @@ change) is logged by the engine itself in the ``pushing`` phase, ending with
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
+import shutil
 import tarfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -64,6 +75,7 @@ import docker
 import docker.errors
 from docker.auth import resolve_repository_name
 from docker.utils import parse_repository_tag
+from docker.utils.build import exclude_paths
 from repo2docker.engine import (
     Container,
     ContainerEngine,
@@ -73,12 +85,18 @@ from repo2docker.engine import (
 from repo2docker.utils import R2dState
 from traitlets import TraitError, validate
 
-from binderbuild.builders.dockerfile_policy import DockerfilePolicyError, check_dockerfile
+from binderbuild.builders.dockerfile_policy import (
+    DockerfilePolicyError,
+    RegistryPolicy,
+    check_dockerfile,
+)
+from binderbuild.builders.sandbox_output import CONTEXT_FILE, PARAMS_FILE
 
 ENV_BUILD_NETWORK = "BINDERBUILD_BUILD_NETWORK"
 ENV_BUILD_MEMORY_LIMIT = "BINDERBUILD_BUILD_MEMORY_LIMIT"
 ENV_DOCKER_HOST = "BINDERBUILD_DOCKER_HOST"
 ENV_REGISTRY_CREDENTIALS = "CONTAINER_ENGINE_REGISTRY_CREDENTIALS"
+ENV_EXPORT_DIR = "BINDERBUILD_ENGINE_EXPORT_DIR"
 
 DEFAULT_BUILD_NETWORK = "none"
 
@@ -190,6 +208,50 @@ def _dockerfile_text(path: str, dockerfile: str, fileobj: Any, custom_context: b
     return text
 
 
+def _read_inside(root: str, name: str) -> bytes:
+    """The bytes of ``root/name``, refusing a path that resolves outside ``root``."""
+    target = os.path.realpath(os.path.join(root, name))
+    if os.path.commonpath([root, target]) != root:
+        raise DockerfilePolicyError(f"{name} points outside the repository.")
+    with open(target, "rb") as f:
+        data = f.read(_MAX_DOCKERFILE + 1)
+    if len(data) > _MAX_DOCKERFILE:
+        raise DockerfilePolicyError(f"{name} is larger than {_MAX_DOCKERFILE // 1024} KiB.")
+    return data
+
+
+def write_context(path: str, dockerfile: str, dest: str) -> None:
+    """Tar the directory ``path`` as docker-py would send it (``.dockerignore``
+    applied, symlinks kept as symlinks), with ``dockerfile`` as a regular file.
+
+    A Dockerfile that is a symlink is replaced by the file it points to, so
+    the trusted step checks exactly what the daemon builds.
+    """
+    root = os.path.realpath(path or ".")
+    name = (dockerfile or "Dockerfile").removeprefix("./")
+    patterns: list[str] = []
+    ignore = os.path.join(root, ".dockerignore")
+    if os.path.isfile(ignore):
+        with open(ignore) as f:
+            patterns = [ln.strip() for ln in f.read().splitlines() if ln.strip() and ln.strip()[0] != "#"]
+    files = sorted(set(exclude_paths(root, patterns, dockerfile=name)) - {name})
+    with tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as tar:
+        for rel in files:
+            full = os.path.join(root, rel)
+            info = tar.gettarinfo(full, arcname=rel)
+            if info is None:  # sockets
+                continue
+            if info.isreg():
+                with open(full, "rb") as f:
+                    tar.addfile(info, f)
+            else:
+                tar.addfile(info)
+        data = _read_inside(root, name)
+        info = tarfile.TarInfo(name)
+        info.size, info.mode = len(data), 0o644
+        tar.addfile(info, io.BytesIO(data))
+
+
 class _LineBuffer:
     """Re-cut Docker's stream chunks into whole lines.
 
@@ -271,6 +333,11 @@ class DockerAPIEngine(ContainerEngine):  # type: ignore[misc]  # untyped base, a
             self.memory_limit = parse_memory_limit(os.environ.get(ENV_BUILD_MEMORY_LIMIT))
         except ValueError as e:
             raise ContainerEngineException(str(e)) from None
+        self.export_dir = os.environ.get(ENV_EXPORT_DIR, "").strip()
+        if self.export_dir:
+            # In a sandbox: no daemon, no credentials.
+            self._credentials: dict[str, str] = {}
+            return
         self._credentials = self._load_credentials()
         base_url = os.environ.get(ENV_DOCKER_HOST, "").strip()
         try:
@@ -376,6 +443,18 @@ class DockerAPIEngine(ContainerEngine):  # type: ignore[misc]  # untyped base, a
         ``Repo2Docker.extra_build_kwargs``) are passed to the API's build
         call, except the few that would undo this engine's isolation.
         """
+        if self.export_dir:
+            yield from self._export(
+                tag=tag,
+                buildargs=buildargs,
+                labels=labels,
+                platform=platform,
+                dockerfile=dockerfile,
+                fileobj=fileobj,
+                custom_context=custom_context,
+                path=path,
+            )
+            return
         limits = dict(container_limits or {})
         if self.memory_limit:
             limits["memory"] = self.memory_limit
@@ -413,7 +492,11 @@ class DockerAPIEngine(ContainerEngine):  # type: ignore[misc]  # untyped base, a
             build_kwargs["path"] = path
 
         try:
-            check_dockerfile(_dockerfile_text(path, dockerfile, fileobj, custom_context))
+            check_dockerfile(
+                _dockerfile_text(path, dockerfile, fileobj, custom_context),
+                registries=RegistryPolicy.from_env(os.environ),
+                build_args=build_kwargs["buildargs"],
+            )
         except DockerfilePolicyError as e:
             yield {"error": str(e)}
             return
@@ -453,6 +536,56 @@ class DockerAPIEngine(ContainerEngine):  # type: ignore[misc]  # untyped base, a
                 return
             yield from self._push_with_log(tag)
 
+    def _export(
+        self,
+        *,
+        tag: str,
+        buildargs: dict[str, str] | None,
+        labels: dict[str, str] | None,
+        platform: str | None,
+        dockerfile: str,
+        fileobj: Any,
+        custom_context: bool,
+        path: str,
+    ) -> Iterator[dict[str, Any]]:
+        """Write the context and parameters for the trusted step (export mode).
+
+        Only what repo2docker decides from the repository is written; the
+        network, limits, pulls and the push are the trusted step's business.
+        """
+        os.makedirs(self.export_dir, exist_ok=True)
+        context = os.path.join(self.export_dir, CONTEXT_FILE)
+        name = (dockerfile or "Dockerfile").removeprefix("./")
+        try:
+            if fileobj is not None and custom_context:
+                with open(context, "wb") as out:
+                    shutil.copyfileobj(fileobj, out)
+            elif fileobj is not None:
+                # docker-py also takes the Dockerfile itself as fileobj.
+                data = fileobj.read(_MAX_DOCKERFILE + 1)
+                data = data.encode() if isinstance(data, str) else data
+                name = "Dockerfile"
+                with tarfile.open(context, "w") as tar:
+                    info = tarfile.TarInfo(name)
+                    info.size, info.mode = len(data), 0o644
+                    tar.addfile(info, io.BytesIO(data))
+            else:
+                write_context(path, name, context)
+        except (DockerfilePolicyError, OSError) as e:
+            yield {"error": str(e)}
+            return
+        params = {
+            "tag": tag,
+            "buildargs": dict(buildargs or {}),
+            "labels": dict(labels or {}),
+            "dockerfile": name,
+            "platform": platform or "",
+        }
+        with open(os.path.join(self.export_dir, PARAMS_FILE), "w") as f:
+            json.dump(params, f)
+        size = os.path.getsize(context)
+        yield {"stream": f"Build context ready ({size} bytes); building outside the sandbox\n"}
+
     # ------------------------------------------------------------ push
 
     def push(self, image_spec: str) -> Iterator[dict[str, Any]]:
@@ -462,6 +595,9 @@ class DockerAPIEngine(ContainerEngine):  # type: ignore[misc]  # untyped base, a
         when the push failed (the API reports most failures this way rather
         than by an HTTP error). ``error`` texts are redacted.
         """
+        if self.export_dir:
+            yield {"error": "this engine does not push from a build sandbox"}
+            return
         repository, tag = parse_repository_tag(image_spec)
         auth_config = self._auth_config_for(image_spec)
         try:
@@ -508,6 +644,8 @@ class DockerAPIEngine(ContainerEngine):  # type: ignore[misc]  # untyped base, a
     # ------------------------------------------------------------ images
 
     def inspect_image(self, image: str) -> Image | None:
+        if self.export_dir:
+            return None
         try:
             # docker's stubs leave the low-level API unannotated.
             attrs = self.client.api.inspect_image(image)  # type: ignore[no-untyped-call]
@@ -520,6 +658,8 @@ class DockerAPIEngine(ContainerEngine):  # type: ignore[misc]  # untyped base, a
 
     def images(self) -> list[Image]:
         """All local images (tags only; config is not loaded)."""
+        if self.export_dir:
+            return []
         return [Image(tags=img.get("RepoTags") or []) for img in self.client.api.images()]
 
     # ------------------------------------------------------------ run
@@ -537,6 +677,8 @@ class DockerAPIEngine(ContainerEngine):  # type: ignore[misc]  # untyped base, a
         **kwargs: Any,
     ) -> DockerAPIContainer:
         """Start a container (only used by ``repo2docker --run``)."""
+        if self.export_dir:
+            raise ContainerEngineException("a build sandbox runs no containers")
         container = self.client.containers.run(
             image_spec,
             command=command or None,

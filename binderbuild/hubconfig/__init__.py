@@ -10,8 +10,14 @@ edits it. What it sets up:
   loopback, with the hub's database, cookie secret and proxy pid file in
   ``data_dir``;
 - ``binderbuild.spawner.BinderDockerSpawner`` on the local Docker engine,
-  accepting only images under binderbuild's image prefix, with host
-  networking on loopback by default (a machine whose dockerd has no bridge);
+  accepting only images under binderbuild's image prefix; servers run on an
+  internal Docker network of their own (``binderbuild-servers``, see
+  :mod:`binderbuild.hubconfig.network`) as uid 1000 with no capabilities,
+  ``no-new-privileges`` and memory, CPU and PID limits. The hub's own API
+  listens on the host's address on that network (``hub_ip``); the proxy, its
+  API, the registry and binderbuild stay on loopback, out of the servers'
+  reach. ``docker_network = "host"`` is the older, unsafe mode
+  (servers share the host's network and its loopback services);
 - a ``binder`` service whose API token binderbuild uses, with exactly the
   scopes a launcher needs;
 - jupyterhub-idle-culler as a hub-managed service: idle servers are stopped
@@ -26,6 +32,10 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from binderbuild.hubconfig.network import DEFAULT_SERVER_NETWORK
+
+HOST_NETWORK = "host"
 
 # What binderbuild's launcher does with its service token: create and delete
 # temporary users, start/stop/follow their servers, create the per-launch
@@ -61,7 +71,19 @@ class HubConfig:
     hub_port: int = 8081  # the hub's own API (binderbuild's hub_url_local)
     proxy_api_port: int = 8001
     base_url: str = "/"
-    docker_network: str = "host"
+    # Where servers run: an internal bridge network (ensure_server_network
+    # makes it), or "host", the unsafe opt-in (docs/security.md).
+    docker_network: str = DEFAULT_SERVER_NETWORK
+    # Where the hub's API listens and servers reach it: the host's address on
+    # docker_network (its gateway). Empty: `ip` (only right with "host").
+    hub_ip: str = ""
+    # Limits of every server (BinderDockerSpawner's defaults, written out).
+    mem_limit: str = "2G"
+    cpu_limit: float = 1.0
+    pids_limit: int = 512
+    # "user:password" for the engine's pulls of server images (the registry's
+    # credentials); read by the hub when it starts, never given to servers.
+    registry_credentials_file: str = ""
     pull_policy: str = "ifnotpresent"
     container_prefix: str = "binder"
     start_timeout: int = 120
@@ -81,11 +103,32 @@ class HubConfig:
         return f"http://{self.ip}:{self.port}{self.base_url}"
 
     @property
+    def host_network(self) -> bool:
+        return self.docker_network == HOST_NETWORK
+
+    @property
+    def hub_listen_ip(self) -> str:
+        return self.hub_ip or self.ip
+
+    @property
     def hub_api_base(self) -> str:
-        return f"http://{self.ip}:{self.hub_port}{self.base_url}"
+        """The hub itself (binderbuild's hub_url_local)."""
+        return f"http://{self.hub_listen_ip}:{self.hub_port}{self.base_url}"
+
+
+def _is_loopback(ip: str) -> bool:
+    return ip in ("localhost", "::1") or ip.startswith("127.")
 
 
 def render(cfg: HubConfig) -> str:
+    if not cfg.host_network and _is_loopback(cfg.hub_listen_ip):
+        raise ValueError(
+            f"servers on the Docker network {cfg.docker_network!r} cannot reach a hub on "
+            f"{cfg.hub_listen_ip}: set hub_ip to the host's address on that network "
+            "(binderbuild.hubconfig.network.ensure_server_network returns it)"
+        )
+    if cfg.hub_listen_ip in ("0.0.0.0", "::", ""):
+        raise ValueError("the hub must not listen on every address: set hub_ip")
     data = Path(cfg.data_dir).resolve()
     culler: list[str] = []
     if cfg.cull_timeout > 0:
@@ -130,10 +173,12 @@ def render(cfg: HubConfig) -> str:
         f"c.JupyterHub.ip = {cfg.ip!r}",
         f"c.JupyterHub.port = {cfg.port}",
         f"c.JupyterHub.base_url = {cfg.base_url!r}",
-        f"c.JupyterHub.hub_ip = {cfg.ip!r}",
+        # The hub's API: servers must reach it (token checks, activity), so it
+        # listens on the host's address on the servers' network; nothing else
+        # of this machine is reachable from there.
+        f"c.JupyterHub.hub_ip = {cfg.hub_listen_ip!r}",
         f"c.JupyterHub.hub_port = {cfg.hub_port}",
-        # Spawned servers reach the hub's API here (they share the host's loopback).
-        f"c.JupyterHub.hub_connect_ip = {cfg.ip!r}",
+        f"c.JupyterHub.hub_connect_ip = {cfg.hub_listen_ip!r}",
         f"c.ConfigurableHTTPProxy.api_url = 'http://{cfg.ip}:{cfg.proxy_api_port}'",
         f"c.ConfigurableHTTPProxy.command = [{cfg.proxy_command!r}]",
         # A proxy left running by a hub that was killed is found and replaced
@@ -154,12 +199,25 @@ def render(cfg: HubConfig) -> str:
         f"c.BinderSpawnerMixin.allowed_image_prefixes = {list(cfg.image_prefixes)!r}",
         f"c.BinderSpawnerMixin.auth_enabled = {cfg.auth_enabled!r}",
         f"c.DockerSpawner.network_name = {cfg.docker_network!r}",
+        *(
+            [
+                "# UNSAFE for public use: servers share the host's network and reach",
+                "# every service it binds to loopback (docs/security.md).",
+                "c.BinderDockerSpawner.allow_host_network = True",
+            ]
+            if cfg.host_network
+            else ["# The proxy reaches each server at its address on that network."]
+        ),
         "c.DockerSpawner.use_internal_ip = True",
         "c.DockerSpawner.remove = True",
         f"c.DockerSpawner.prefix = {cfg.container_prefix!r}",
         f"c.DockerSpawner.pull_policy = {cfg.pull_policy!r}",
         f"c.Spawner.start_timeout = {cfg.start_timeout}",
         f"c.Spawner.http_timeout = {cfg.http_timeout}",
+        "# Every server: uid 1000, no capabilities, no-new-privileges (always), and:",
+        f"c.BinderDockerSpawner.mem_limit = {cfg.mem_limit!r}",
+        f"c.BinderDockerSpawner.cpu_limit = {float(cfg.cpu_limit)!r}",
+        f"c.BinderDockerSpawner.pids_limit = {int(cfg.pids_limit)}",
         "",
         "# --- services: binderbuild, idle culler ---",
         f"c.JupyterHub.services = {services!r}",
@@ -171,6 +229,16 @@ def render(cfg: HubConfig) -> str:
             "# Anonymous Binder: nobody logs in; binderbuild creates temporary users.",
             f"c.JupyterHub.authenticator_class = {authenticator!r}",
             "c.Authenticator.any_allow_config = True  # no logins, no allow list needed",
+        ]
+    if cfg.registry_credentials_file:
+        lines += [
+            "",
+            "# The registry's credentials, for the engine's pulls only (not the servers').",
+            f"with open({str(cfg.registry_credentials_file)!r}) as _f:",
+            "    _user, _, _password = _f.read().strip().partition(':')",
+            "c.BinderDockerSpawner.registry_username = _user",
+            "c.BinderDockerSpawner.registry_password = _password",
+            "del _f, _user, _password",
         ]
     if cfg.extra:
         lines += ["", "# --- extra ---", cfg.extra]

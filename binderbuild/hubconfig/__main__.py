@@ -7,7 +7,12 @@ import secrets
 import sys
 from pathlib import Path
 
-from binderbuild.hubconfig import HubConfig, write
+from binderbuild.hubconfig import HOST_NETWORK, HubConfig, write
+from binderbuild.hubconfig.network import (
+    DEFAULT_SERVER_NETWORK,
+    ServerNetworkError,
+    ensure_server_network,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +42,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8000, help="public (proxy) port")
     parser.add_argument("--hub-port", type=int, default=8081)
     parser.add_argument("--proxy-api-port", type=int, default=8001)
-    parser.add_argument("--docker-network", default="host")
+    parser.add_argument(
+        "--docker-network",
+        default=DEFAULT_SERVER_NETWORK,
+        help="Docker network of the servers: created (internal bridge) when missing. "
+        "'host' shares the host's network with every server: unsafe for public use",
+    )
+    parser.add_argument(
+        "--hub-ip",
+        default="",
+        help="where the hub's API listens and servers reach it; default: the "
+        "network's gateway (with 'host': --ip)",
+    )
+    parser.add_argument("--mem-limit", default="2G", help="memory limit of each server")
+    parser.add_argument("--cpu-limit", type=float, default=1.0, help="CPUs of each server")
+    parser.add_argument("--pids-limit", type=int, default=512, help="processes of each server")
+    parser.add_argument(
+        "--registry-credentials-file",
+        default="",
+        help="file with user:password for the engine's pulls of server images",
+    )
     parser.add_argument(
         "--pull-policy", default="ifnotpresent", choices=["ifnotpresent", "always", "never", "skip"]
     )
@@ -59,6 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     if len(token) < 32:
         print(f"{token_file}: the service token is too short", file=sys.stderr)
         return 2
+    hub_ip = args.hub_ip
+    if not hub_ip and args.docker_network != HOST_NETWORK:
+        try:
+            hub_ip = ensure_server_network(args.docker_network)
+        except ServerNetworkError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     cfg = HubConfig(
         data_dir=args.data_dir,
         api_token=token,
@@ -69,6 +100,11 @@ def main(argv: list[str] | None = None) -> int:
         hub_port=args.hub_port,
         proxy_api_port=args.proxy_api_port,
         docker_network=args.docker_network,
+        hub_ip=hub_ip,
+        mem_limit=args.mem_limit,
+        cpu_limit=args.cpu_limit,
+        pids_limit=args.pids_limit,
+        registry_credentials_file=args.registry_credentials_file,
         pull_policy=args.pull_policy,
         container_prefix=args.container_prefix,
         cull_timeout=args.cull_timeout,
@@ -76,7 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         auth_enabled=args.auth_enabled,
         service_url=args.service_url,
     )
-    write(cfg, args.out)
+    try:
+        write(cfg, args.out)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

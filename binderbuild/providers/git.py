@@ -4,27 +4,40 @@ The URL and ref come from strangers, and both end up on a git command line,
 so they are checked before any process starts:
 - the URL's scheme must be in ``allowed_schemes`` (no ``ext::``, ``fd::``,
   ``file://``, ssh); nothing may start with ``-``; no control characters;
-- the host must not resolve to an internal address (``netsafety``);
+- the host must not resolve to an internal address (``netsafety``), and git
+  connects to the address that was checked, never resolving the name itself
+  (``http.curloptResolve`` for http(s), the address literal for ``git://``):
+  a DNS answer that changes after the check (rebinding) cannot send git
+  inside;
 - git runs with ``--`` before positional arguments, with every transport but
   the allowed ones disabled (``protocol.allow=never``), redirects off and no
   credential prompts.
+
+A host that is refused, does not resolve, refuses the connection or does not
+answer gets one and the same answer, "Could not reach the repository at URL."
+(a ``ProviderError``): what differs would tell a stranger which internal names
+exist and which ports are open. The log keeps the reason.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
+import logging
 import os
 import re
 import signal
-from urllib.parse import quote, urlsplit
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from traitlets import Float, List, Unicode
 
 from binderbuild.errors import ProviderError, RefNotFound, SpecError, UnsafeURL
 from binderbuild.http import redact_url
 from binderbuild.models import ResolvedRef
-from binderbuild.netsafety import check_url
+from binderbuild.netsafety import IPAddress, address_allowed, resolve_host
 from binderbuild.providers.base import (
     ParsedSpec,
     RepoProvider,
@@ -32,9 +45,29 @@ from binderbuild.providers.base import (
     split_encoded_spec,
 )
 
+log = logging.getLogger("binderbuild.providers.git")
+
+# (host, port) -> addresses; netsafety.resolve_host, or a test's own.
+Resolver = Callable[[str, int | None], Awaitable[list[IPAddress]]]
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "git": 9418}
+# http.curloptResolve (CURLOPT_RESOLVE from git config) exists since git 2.37.
+_MIN_GIT_FOR_PINNING = (2, 37)
+
 SHA1_OR_SHA256 = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 # Characters git forbids in ref names (git check-ref-format), plus whitespace.
 _BAD_REF = re.compile(r"(\.\.|@\{|[\s~^:?*\[\\]|^/|/$|\.lock$|//|^\.)")
+
+
+_HOST_NAME = re.compile(r"[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_.])?")
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def validate_ref(ref: str) -> None:
@@ -70,6 +103,13 @@ def validate_clone_url(url: str, allowed_schemes: list[str]) -> None:
         )
     if not parts.hostname:
         raise SpecError(f"Invalid repository URL {redact_url(url)!r}: no host.")
+    if not _HOST_NAME.fullmatch(parts.hostname) and not _is_address(parts.hostname):
+        # git's curl would convert (IDN) or decode (%) such a name and resolve
+        # the result itself, past the address pinned for the checked name.
+        raise SpecError(
+            f"Invalid repository URL {redact_url(url)!r}: the host name may contain only "
+            "letters, digits, '-', '_' and '.' (write international names in punycode)."
+        )
     if parts.username is not None or parts.password is not None:
         # Credentials in a launch URL would end up in image names, the
         # registry, logs and every shared link. Operators configure private
@@ -100,7 +140,17 @@ class GitRepoProvider(RepoProvider):
     ls_remote_timeout = Float(
         30.0, config=True, help="Seconds before `git ls-remote` is killed and resolution fails."
     )
-    git_executable = Unicode("git", config=True, help="The git binary used for `ls-remote`.")
+    git_executable = Unicode(
+        "git",
+        config=True,
+        help="The git binary used for `ls-remote` (2.37 or later: it must accept "
+        "http.curloptResolve, which pins the checked address).",
+    )
+
+    def __init__(self, *, resolver: Resolver | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.resolver: Resolver = resolver or resolve_host
+        self._git_version: tuple[int, int] | None = None
 
     def parse(self, spec: str) -> ParsedSpec:
         url, ref = split_encoded_spec(
@@ -117,8 +167,8 @@ class GitRepoProvider(RepoProvider):
         parsed = self.parse(spec)
         url, ref = parsed.repo, parsed.ref
         immutable = bool(SHA1_OR_SHA256.match(ref))
-        await check_url(url, self.allowed_internal_networks)
-        resolved = ref if immutable else await self.ls_remote(url, ref)
+        addresses = await self.checked_addresses(url)
+        resolved = ref if immutable else await self.ls_remote(url, ref, addresses)
         return ResolvedRef(
             provider_id=self.provider_id,
             spec=spec,
@@ -132,17 +182,114 @@ class GitRepoProvider(RepoProvider):
             immutable_ref=immutable,
         )
 
-    def _git_argv(self, url: str, ref: str) -> list[str]:
+    def _unreachable(self, url: str, reason: str) -> ProviderError:
+        """The one answer for refused, unknown, closed and silent hosts; the reason is logged."""
+        safe_url = redact_url(url)
+        log.warning(
+            "Could not reach the repository at %s: %s", safe_url, reason.replace(url, safe_url)
+        )
+        return ProviderError(f"Could not reach the repository at {safe_url}.")
+
+    async def checked_addresses(self, url: str) -> list[IPAddress]:
+        """Resolve the URL's host once; every address must be allowed.
+
+        These addresses, and only these, are what git connects to.
+        """
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        try:
+            port = parts.port or _DEFAULT_PORTS.get(parts.scheme.lower())
+        except ValueError:
+            raise SpecError(f"Repository URL {redact_url(url)!r} has an invalid port.") from None
+        try:
+            addresses = list(await self.resolver(host, port))
+        except (SpecError, OSError) as exc:
+            raise self._unreachable(url, f"cannot resolve {host!r}: {exc}") from None
+        if not addresses:
+            raise self._unreachable(url, f"{host!r} has no address")
+        for addr in addresses:
+            if not address_allowed(addr, self.allowed_internal_networks):
+                raise self._unreachable(
+                    url,
+                    f"{host} resolves to an internal address ({addr}); operators can allow "
+                    "it with BinderBuild.allowed_internal_networks",
+                )
+        return addresses
+
+    def _pinned(self, url: str, addresses: Sequence[IPAddress]) -> tuple[str, list[str]]:
+        """The URL and ``-c`` options that make git connect to ``addresses`` only."""
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        try:
+            ipaddress.ip_address(host)
+            return url, []  # an address literal: nothing to resolve
+        except ValueError:
+            pass
+        scheme = parts.scheme.lower()
+        port = parts.port or _DEFAULT_PORTS[scheme]
+        if scheme == "git":
+            # git:// has no way to pass an address: connect to the literal.
+            first = addresses[0]
+            literal = f"[{first}]" if first.version == 6 else str(first)
+            return urlunsplit(parts._replace(netloc=f"{literal}:{port}")), []
+        listed = ",".join(f"[{a}]" if a.version == 6 else str(a) for a in addresses)
+        options: list[str] = []
+        # curl matches names without case; list the name with and without a
+        # trailing dot so that no spelling falls back to its own resolver.
+        for name in dict.fromkeys([host, host.rstrip("."), host.rstrip(".") + "."]):
+            options += ["-c", f"http.curloptResolve={name}:{port}:{listed}"]
+        return url, options
+
+    async def _check_git_version(self) -> None:
+        """Refuse to run a git that would ignore http.curloptResolve (and resolve by itself)."""
+        if self._git_version is None:
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    self.git_executable,
+                    "version",
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.DEVNULL,
+                )
+                out, _ = await asyncio.wait_for(proc.communicate(), 10)
+            except (OSError, TimeoutError) as exc:
+                raise ProviderError(f"Could not run git: {exc}") from None
+            match = re.search(rb"(\d+)\.(\d+)", out)
+            self._git_version = (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+        if self._git_version < _MIN_GIT_FOR_PINNING:
+            log.error(
+                "git %s.%s cannot pin addresses (http.curloptResolve needs 2.37 or later)",
+                *self._git_version,
+            )
+            raise ProviderError(
+                "This service's git is too old to fetch safely (2.37 or later is needed)."
+            )
+
+    def _git_argv(self, url: str, ref: str, pin: Sequence[str] = ()) -> list[str]:
         argv = [self.git_executable, "-c", "protocol.allow=never"]
         for scheme in self.allowed_schemes:
             argv += ["-c", f"protocol.{scheme.lower()}.allow=always"]
         argv += ["-c", "http.followRedirects=false", "-c", "credential.helper="]
+        argv += list(pin)
         argv += ["ls-remote", "--", url]
         # Patterns match the tail of ref names; exact matches are picked below.
         argv += ["HEAD"] if ref == "HEAD" else [ref, f"{ref}^{{}}"]
         return argv
 
-    async def ls_remote(self, url: str, ref: str) -> str:
+    async def ls_remote(
+        self, url: str, ref: str, addresses: Sequence[IPAddress] | None = None
+    ) -> str:
+        """The commit ``ref`` names in ``url``.
+
+        With ``addresses`` (from ``checked_addresses``) git connects to them
+        and never resolves the host itself. Without, git resolves the name:
+        only for callers that checked nothing because they trust the URL.
+        """
+        target, pin = url, list[str]()
+        if addresses:
+            target, pin = self._pinned(url, addresses)
+            if pin:
+                await self._check_git_version()
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": "/nonexistent",
@@ -155,7 +302,7 @@ class GitRepoProvider(RepoProvider):
         }
         try:
             proc = await asyncio.create_subprocess_exec(
-                *self._git_argv(url, ref),
+                *self._git_argv(target, ref, pin),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
@@ -174,18 +321,21 @@ class GitRepoProvider(RepoProvider):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
-            raise ProviderError(
-                f"Timed out after {self.ls_remote_timeout:g}s asking {redact_url(url)} for refs."
+            raise self._unreachable(
+                url, f"Timed out after {self.ls_remote_timeout:g}s asking for refs"
             ) from None
         if proc.returncode != 0:
-            raise self._translate_failure(url, err.decode(errors="replace"))
+            stderr = err.decode(errors="replace")
+            if target != url:
+                # Messages name the URL git was given (the address literal).
+                stderr = stderr.replace(target, url)
+            raise self._translate_failure(url, stderr)
         sha = pick_ref(out.decode(errors="replace"), ref)
         if sha is None:
             raise RefNotFound(f"Could not resolve ref {ref!r} in {redact_url(url)}: no such ref.")
         return sha
 
-    @staticmethod
-    def _translate_failure(url: str, stderr: str) -> Exception:
+    def _translate_failure(self, url: str, stderr: str) -> Exception:
         safe_url = redact_url(url)
         lines = [line for line in stderr.splitlines() if line.strip()]
         reason = lines[-1] if lines else "git ls-remote failed"
@@ -196,7 +346,9 @@ class GitRepoProvider(RepoProvider):
             for s in ("not found", "does not appear to be a git repository", "no such repository")
         ):
             return RefNotFound(f"Repository {safe_url} not found ({reason}).")
-        return ProviderError(f"Could not reach repository {safe_url}: {reason}")
+        # Refused, reset, TLS or protocol errors: the details would tell open
+        # ports from closed ones, so they go to the log only.
+        return self._unreachable(url, reason)
 
 
 def pick_ref(ls_remote_output: str, ref: str) -> str | None:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from traitlets.config import Config
 
 from binderbuild.hub import HubSettings, unique_name_from_repo
@@ -31,12 +32,21 @@ def test_rendered_config_is_valid_and_complete(tmp_path: Path) -> None:
         hub_port=18081,
         proxy_api_port=18001,
         cull_timeout=300,
+        hub_ip="172.31.0.1",
     )
     c = load(render(cfg))
     assert c.JupyterHub.spawner_class == "binderbuild.spawner.BinderDockerSpawner"
     assert c.BinderSpawnerMixin.allowed_image_prefixes == ["127.0.0.1:5000/binder-"]
-    assert c.DockerSpawner.network_name == "host"
-    assert c.JupyterHub.ip == "127.0.0.1" and c.JupyterHub.hub_ip == "127.0.0.1"
+    # Servers on their own network; only the hub's API where they reach it.
+    assert c.DockerSpawner.network_name == "binderbuild-servers"
+    assert "allow_host_network" not in c.BinderDockerSpawner
+    assert c.JupyterHub.ip == "127.0.0.1"
+    assert c.JupyterHub.hub_ip == c.JupyterHub.hub_connect_ip == "172.31.0.1"
+    assert c.ConfigurableHTTPProxy.api_url == "http://127.0.0.1:18001"
+    assert cfg.hub_api_base == "http://172.31.0.1:18081/"
+    assert c.BinderDockerSpawner.mem_limit == "2G"
+    assert c.BinderDockerSpawner.cpu_limit == 1.0
+    assert c.BinderDockerSpawner.pids_limit == 512
     assert c.ConfigurableHTTPProxy.command == ["/x/configurable-http-proxy"]
     assert c.JupyterHub.tornado_settings == {"slow_spawn_timeout": 0}
     services = {s["name"]: s for s in c.JupyterHub.services}
@@ -53,11 +63,17 @@ def test_rendered_config_is_valid_and_complete(tmp_path: Path) -> None:
 
 
 def test_authenticated_config_keeps_users_and_culls_named_servers(tmp_path: Path) -> None:
-    c = load(render(HubConfig(tmp_path, "t" * 64, ["x-"], auth_enabled=True, cull_timeout=60)))
+    c = load(
+        render(
+            HubConfig(
+                tmp_path, "t" * 64, ["x-"], hub_ip="10.9.0.1", auth_enabled=True, cull_timeout=60
+            )
+        )
+    )
     culler = {s["name"]: s for s in c.JupyterHub.services}["idle-culler"]["command"]
     assert "--cull-users=false" in culler and "--remove-named-servers=true" in culler
     assert "authenticator_class" not in c.JupyterHub
-    c = load(render(HubConfig(tmp_path, "t" * 64, ["x-"], cull_timeout=0)))
+    c = load(render(HubConfig(tmp_path, "t" * 64, ["x-"], hub_ip="10.9.0.1", cull_timeout=0)))
     assert [s["name"] for s in c.JupyterHub.services] == ["binder"]
 
 
@@ -72,6 +88,18 @@ def test_cli_writes_config_and_keeps_the_token(tmp_path: Path) -> None:
     token = token_file.read_text().strip()
     assert len(token) == 64 and token in out.read_text()
     assert oct(out.stat().st_mode & 0o777) == "0o600"
+    # The servers' network exists (made when missing), is internal, and the
+    # hub listens on the host's address on it.
+    import docker
+
+    client = docker.from_env()
+    try:
+        net = client.api.inspect_network("binderbuild-servers")
+    finally:
+        client.close()
+    assert net["Internal"] is True and net["Driver"] == "bridge"
+    gateway = net["IPAM"]["Config"][0]["Gateway"]
+    assert load(out.read_text()).JupyterHub.hub_ip == gateway
     subprocess.run(argv, check=True)
     assert token_file.read_text().strip() == token  # reused, not regenerated
 
@@ -131,3 +159,99 @@ def test_launcher_reads_binderbuild_and_binderhub_options(monkeypatch) -> None:
         assert launcher.hub.api_url == "http://127.0.0.1:1/hub/api/"
     finally:
         http.close()
+
+
+def test_servers_network_needs_a_hub_they_can_reach(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="cannot reach a hub"):
+        render(HubConfig(tmp_path, "t" * 64, ["x-"]))
+    with pytest.raises(ValueError, match="every address"):
+        render(HubConfig(tmp_path, "t" * 64, ["x-"], hub_ip="0.0.0.0"))
+
+
+def test_host_network_is_an_explicit_unsafe_opt_in(tmp_path: Path) -> None:
+    text = render(HubConfig(tmp_path, "t" * 64, ["x-"], docker_network="host"))
+    c = load(text)
+    assert c.DockerSpawner.network_name == "host"
+    assert c.BinderDockerSpawner.allow_host_network is True
+    assert "UNSAFE for public use" in text
+    assert c.JupyterHub.hub_ip == "127.0.0.1"
+
+
+def test_registry_credentials_are_read_by_the_hub_for_pulls(tmp_path: Path) -> None:
+    creds = tmp_path / "credentials"
+    creds.write_text("puller:s3cret-pw\n")
+    text = render(
+        HubConfig(
+            tmp_path, "t" * 64, ["x-"], hub_ip="172.31.0.1", registry_credentials_file=str(creds)
+        )
+    )
+    assert "s3cret-pw" not in text  # read when the hub starts, not copied
+    c = load(text)
+    assert c.BinderDockerSpawner.registry_username == "puller"
+    assert c.BinderDockerSpawner.registry_password == "s3cret-pw"
+
+
+def _hardened(host_config: dict, **kwargs: object) -> dict:
+    from binderbuild.spawner import harden_container
+
+    options: dict = {"uid": 1000, "gid": 1000, "pids_limit": 512, "allow_host_network": False}
+    options.update(kwargs)
+    return harden_container({"image": "x", "user": "root", "host_config": host_config}, **options)
+
+
+def test_containers_are_hardened_whatever_the_config_asks() -> None:
+    out = _hardened(
+        {
+            "NetworkMode": "binderbuild-servers",
+            "Privileged": True,
+            "CapAdd": ["NET_RAW", "SYS_ADMIN"],
+            "CapDrop": [],
+            "SecurityOpt": ["no-new-privileges:false", "label=x"],
+            "Memory": 256 * 1024**2,
+            "PidsLimit": -1,
+        }
+    )
+    host = out["host_config"]
+    assert out["user"] == "1000:1000"
+    assert host["Privileged"] is False and "CapAdd" not in host
+    assert host["CapDrop"] == ["ALL"]
+    assert host["SecurityOpt"] == ["label=x", "no-new-privileges"]
+    assert host["PidsLimit"] == 512
+    assert host["MemorySwap"] == host["Memory"] == 256 * 1024**2
+
+
+@pytest.mark.parametrize(
+    "host_config",
+    [
+        {"NetworkMode": "host"},
+        {"Binds": ["/var/run/docker.sock:/var/run/docker.sock:rw"]},
+        {"Binds": ["/run:/host-run:ro"]},
+        {"Binds": ["/:/host:ro"]},
+        {"Mounts": [{"Source": "/var/run/docker.sock", "Target": "/d", "Type": "bind"}]},
+        {"PidMode": "host"},
+        {"UsernsMode": "host"},
+    ],
+)
+def test_dangerous_containers_are_refused(host_config: dict) -> None:
+    from tornado.web import HTTPError
+
+    with pytest.raises(HTTPError):
+        _hardened(host_config)
+
+
+def test_root_and_host_network_need_more_than_a_default() -> None:
+    from tornado.web import HTTPError
+
+    from binderbuild.spawner import BinderDockerSpawner
+
+    assert _hardened({"NetworkMode": "host"}, allow_host_network=True)["host_config"]
+    with pytest.raises(HTTPError):
+        _hardened({}, uid=0)
+    config = Config()
+    config.BinderDockerSpawner.run_as_uid = 0
+    with pytest.raises(Exception, match="must not be 0"):
+        BinderDockerSpawner(config=config)
+    spawner = BinderDockerSpawner()
+    assert (spawner.run_as_uid, spawner.pids_limit, spawner.cpu_limit) == (1000, 512, 1.0)
+    assert spawner.mem_limit == 2 * 1024**3
+    assert not spawner.allow_host_network

@@ -133,7 +133,8 @@ def test_build_and_launch_ends_ready(
     status, _ = http_status(ready["url"] + f"api/status?token={ready['token']}")
     assert status == 200
 
-    # The server runs from the built image, on loopback, with the binder fields.
+    # The server runs from the built image, isolated on the servers' network
+    # (listening on its container address), with the binder fields.
     user = ready["url"][len(hub.url) + len("user/") :].strip("/").split("/")[0]
     server = hub.user(user)["servers"][""]
     name = server["state"]["object_name"]  # DockerSpawner escapes user names
@@ -141,8 +142,9 @@ def test_build_and_launch_ends_ready(
     assert len(containers) == 1, [c.name for c in hub.containers(docker_client)]
     attrs = containers[0].attrs
     assert attrs["Config"]["Image"] == ready["image"]
-    assert attrs["HostConfig"]["NetworkMode"] == "host"
-    assert "--ip=127.0.0.1" in attrs["Args"]
+    assert attrs["HostConfig"]["NetworkMode"] == "binderbuild-servers"
+    assert attrs["Args"][-2:] == ["--ip=0.0.0.0", "--port=8888"]
+    assert attrs["Config"]["User"] == "1000:1000"
     env = dict(item.split("=", 1) for item in attrs["Config"]["Env"])
     assert env["BINDER_REPO_URL"] == repo.url
     assert env["BINDER_REQUEST"] == ready["binder_request"]

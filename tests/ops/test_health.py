@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ops.helpers import Response, http, registry_config, wait_for_health
+from tests.ops.helpers import Response, http, registry_config, scrape, wait_for_health
 from tests.ops.relay import UnixSocketRelay
 from tests.realservices import RegistryServer
 from tests.service import BinderBuildService
@@ -122,13 +122,36 @@ def test_probe_storm_costs_one_registry_request_per_ttl(
                 1 for line in registry.log_path.read_text().splitlines() if '"GET /v2/ ' in line
             )
 
-        time.sleep(0.5)  # let the registry write its access log
+        def registry_calls() -> float:
+            """The service's own count of the requests it sent the registry."""
+            return sum(
+                count
+                for (name, labels), count in scrape(service).items()
+                if name == "binderbuild_upstream_request_duration_seconds_count"
+                and ("service", "registry") in labels
+            )
+
+        def sync_access_log() -> None:
+            """Return once the registry has logged every request answered so
+            far: it logs a request before answering it, so a request of ours
+            sent now is logged after them."""
+            marker = f"log-barrier-{time.monotonic_ns()}"
+            assert http(f"{registry.url}/v2/{marker}/tags/list").status == 404
+            deadline = time.monotonic() + 10
+            while marker not in registry.log_path.read_text():
+                assert time.monotonic() < deadline, "the registry did not log the barrier"
+                time.sleep(0.05)
+
+        sync_access_log()
         before = v2_requests()
         assert before >= 1, "the first health check asks the registry"
+        calls_before = registry_calls()
+        assert calls_before >= 1
         with ThreadPoolExecutor(20) as pool:
             statuses = list(pool.map(lambda _: http(f"{service.url}/health").status, range(40)))
         assert statuses == [200] * 40
-        time.sleep(0.5)
+        assert registry_calls() == calls_before, "cached health checks must not call the registry"
+        sync_access_log()
         assert v2_requests() == before, "cached health checks must not reach the registry"
     finally:
         registry.stop()

@@ -15,6 +15,7 @@ from binderbuild.app import BinderBuild
 from binderbuild.builders.r2d_command import CONTENT_PROVIDER_CLASSES, repo2docker_config_text
 from binderbuild.errors import ConfigError
 from binderbuild.http import HttpClient, HttpResponse
+from binderbuild.netsafety import parse_networks
 from binderbuild.providers import DEFAULT_PROVIDERS
 from binderbuild.providers.credentials import (
     git_credential_env,
@@ -23,6 +24,7 @@ from binderbuild.providers.credentials import (
 )
 from binderbuild.providers.figshare import parse_article_path
 from binderbuild.providers.httpapi import is_rate_limited, rate_limit_error, retry_after_seconds
+from binderbuild.services import make_providers
 
 
 def response(status: int, **headers: str) -> HttpResponse:
@@ -146,7 +148,7 @@ async def test_app_builds_every_provider_with_its_config() -> None:
     app = BinderBuild(config=config)
     http = HttpClient()
     try:
-        providers = app._make_providers(http)
+        providers = make_providers(app, http, parse_networks(app.allowed_internal_networks))
     finally:
         http.close()
     assert set(providers) == set(DEFAULT_PROVIDERS)

@@ -145,6 +145,7 @@ def test_docker_build_reads_the_log_and_classifies_the_exit(tmp_path: Path) -> N
         resources=BuildResources(scrubber=Scrubber(["s3cret-value"])),
         repo2docker_python=python,
         egress_filter=False,
+        sandbox=False,
     )
     events, error = run_build(builder)
     assert [(e.phase, e.message) for e in events] == [
@@ -160,5 +161,7 @@ def test_docker_build_succeeds_on_exit_zero(tmp_path: Path) -> None:
     python = fake_repo2docker(
         tmp_path, [json.dumps({"phase": "built", "message": "done\n"})], code=0
     )
-    events, error = run_build(DockerBuilder(repo2docker_python=python, egress_filter=False))
+    events, error = run_build(
+        DockerBuilder(repo2docker_python=python, egress_filter=False, sandbox=False)
+    )
     assert error is None and [e.message for e in events] == ["done\n"]

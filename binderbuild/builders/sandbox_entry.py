@@ -1,0 +1,102 @@
+"""The first process of a build sandbox: network relay, then repo2docker.
+
+Runs inside the sandbox container (``builders/sandbox.py``), as an
+unprivileged user with no network of its own (``--network none`` leaves only
+the container's private loopback). The build's egress proxy listens on a
+Unix socket of the host that is mounted into the container; this module
+exposes that socket as ``127.0.0.1:RELAY_PORT`` on the container's loopback
+(one thread per connection, bytes copied both ways, nothing interpreted), so
+git, ``requests`` and the ``git://`` tunnel can use it as an ordinary HTTP
+proxy. Then it runs repo2docker in this process with the given arguments
+and exits with its status.
+
+    python -m binderbuild.builders.sandbox_entry [repo2docker arguments...]
+
+Environment: ``BINDERBUILD_SANDBOX_EGRESS_SOCKET`` (the mounted socket; unset:
+no relay) and ``BINDERBUILD_SANDBOX_GIT_PROXY`` (where to write the
+``GIT_PROXY_COMMAND`` script; unset: none).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import runpy
+import socket
+import sys
+import threading
+
+ENV_EGRESS_SOCKET = "BINDERBUILD_SANDBOX_EGRESS_SOCKET"
+ENV_GIT_PROXY = "BINDERBUILD_SANDBOX_GIT_PROXY"
+RELAY_HOST = "127.0.0.1"
+RELAY_PORT = 3128
+
+_CHUNK = 64 * 1024
+
+
+def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := src.recv(_CHUNK):
+            dst.sendall(data)
+    with contextlib.suppress(OSError):
+        dst.shutdown(socket.SHUT_WR)
+
+
+def _serve(client: socket.socket, path: str) -> None:
+    upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        upstream.connect(path)
+    except OSError:
+        client.close()
+        upstream.close()
+        return
+    back = threading.Thread(target=_pipe, args=(upstream, client), daemon=True)
+    back.start()
+    _pipe(client, upstream)
+    back.join()
+    client.close()
+    upstream.close()
+
+
+def start_relay(path: str, host: str = RELAY_HOST, port: int = RELAY_PORT) -> socket.socket:
+    """Listen on ``host:port`` and relay every connection to the Unix socket ``path``."""
+    listener = socket.create_server((host, port), backlog=64)
+
+    def accept() -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=_serve, args=(client, path), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return listener
+
+
+def write_git_proxy(path: str) -> None:
+    """The ``GIT_PROXY_COMMAND`` for ``git://``: binderbuild's CONNECT tunnel."""
+    with open(path, "w") as f:
+        f.write(f'#!/bin/sh\nexec {sys.executable} -m binderbuild.egress "$@"\n')
+    os.chmod(path, 0o700)
+
+
+def main(argv: list[str]) -> None:
+    egress = os.environ.get(ENV_EGRESS_SOCKET, "")
+    if egress:
+        start_relay(egress)
+    git_proxy = os.environ.get(ENV_GIT_PROXY, "")
+    if git_proxy:
+        write_git_proxy(git_proxy)
+    tmpdir = os.environ.get("TMPDIR", "")
+    if tmpdir:
+        # The checkout goes there: the work directory, on disk, not the
+        # container's small /tmp.
+        os.makedirs(tmpdir, exist_ok=True)
+    sys.argv = ["repo2docker", *argv]
+    # repo2docker ends with sys.exit(status); the relay threads are daemons.
+    runpy.run_module("repo2docker", run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
