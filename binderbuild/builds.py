@@ -22,7 +22,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -124,7 +124,7 @@ class Build:
 
     async def follow(
         self, after: int = -1, *, watch: bool = True
-    ) -> AsyncIterator[tuple[int, ProgressEvent]]:
+    ) -> AsyncGenerator[tuple[int, ProgressEvent], None]:
         """Yield (index, event) for every event after index ``after``, live, until the
         final event has been yielded.
 
@@ -290,22 +290,39 @@ class BuildManager:
         elif build._task is not None:
             build._task.cancel()
             await asyncio.gather(build._task, return_exceptions=True)
+            self._finish_if_never_ran(build)
         return build
 
     async def close(self) -> None:
         for build in list(self._queue):
             await self.cancel(build.id)
-        tasks = [b._task for b in self._active.values() if b._task is not None]
-        for build in self._active.values():
+        running = [b for b in self._active.values() if b._task is not None]
+        for build in running:
             build.cancel_reason = build.cancel_reason or "Build stopped: the service is shutting down."
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        for build in running:
+            assert build._task is not None
+            build._task.cancel()
+        await asyncio.gather(*(b._task for b in running if b._task), return_exceptions=True)
+        for build in running:
+            self._finish_if_never_ran(build)
         for handle in self._abandon_timers.values():
             handle.cancel()
         self._abandon_timers.clear()
 
     # --- internals ----------------------------------------------------------
+
+    def _finish_if_never_ran(self, build: Build) -> None:
+        """A task cancelled before its first step never enters ``_run``, so
+        nothing released its slot or finished it: do that here, or the build
+        would stay RUNNING forever and every later request would join it."""
+        if build.state.finished:
+            return
+        self._running -= 1
+        self._release(build)
+        reason = build.cancel_reason or "Build cancelled."
+        build.finish(BuildState.CANCELLED, _cancelled_event(reason), BuildCancelled(reason))
+        self._notify_finished(build)
+        self._schedule()
 
     def _remember(self, build: Build) -> None:
         self._by_id[build.id] = build

@@ -18,8 +18,8 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from binderbuild import naming
 from binderbuild.builds import Build, BuildManager, BuildState
@@ -73,15 +73,16 @@ class StageTimings:
     registry: float = 0.0
     build: float = 0.0
     launch: float = 0.0
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
 
     @contextlib.contextmanager
     def measure(self, stage: str) -> Iterator[None]:
         """Record the stage's duration however it ends (failed stages count too)."""
-        started = time.monotonic()
+        started = self.clock()
         try:
             yield
         finally:
-            setattr(self, stage, time.monotonic() - started)
+            setattr(self, stage, self.clock() - started)
 
     @property
     def total(self) -> float:
@@ -178,6 +179,7 @@ class Pipeline:
         self.resolve_cache: TTLCache[tuple[str, str], ResolvedRef | RefNotFound] = TTLCache(
             clock=clock
         )
+        self.clock = clock
         self.observers = tuple(observers)
         self._resolving: dict[tuple[str, str], asyncio.Future[ResolvedRef]] = {}
         self._resolve_slots = asyncio.Semaphore(max(1, settings.max_concurrent_resolutions))
@@ -278,10 +280,10 @@ class Pipeline:
 
     # --- the flow ---------------------------------------------------------
 
-    async def run(self, target: Target) -> AsyncIterator[ProgressEvent]:
+    async def run(self, target: Target) -> AsyncGenerator[ProgressEvent, None]:
         """The whole flow for a validated request, as progress events."""
         request = target.request
-        timings = StageTimings()
+        timings = StageTimings(clock=self.clock)
         located: Located | None = None
         outcome: RunOutcome = RunOutcome.SUCCESS
         error: BaseException | None = None
@@ -293,8 +295,12 @@ class Pipeline:
                 build, _ = await self.ensure_build(located, force=request.force_rebuild)
             if build is not None:
                 with timings.measure("build"):
-                    async for ev in self._follow_build(build):
-                        yield ev
+                    # aclosing: a client that leaves stops following now
+                    # (the build's follower count drops at once, which the
+                    # abandoned-build policy reads), not at garbage collection.
+                    async with contextlib.aclosing(self._follow_build(build)) as events:
+                        async for ev in events:
+                            yield ev
 
             if request.build_only or self.launcher is None:
                 yield event(Phase.READY, f"Image {image.name} is ready.\n", imageName=image.name)
@@ -324,11 +330,12 @@ class Pipeline:
                 except Exception:
                     log.exception("pipeline observer failed")
 
-    async def _follow_build(self, build: Build) -> AsyncIterator[ProgressEvent]:
-        async for _, ev in build.follow():
-            if ev.phase in (Phase.BUILT, Phase.FAILED) and build.state.finished:
-                break
-            yield ev
+    async def _follow_build(self, build: Build) -> AsyncGenerator[ProgressEvent, None]:
+        async with contextlib.aclosing(build.follow()) as following:
+            async for _, ev in following:
+                if ev.phase in (Phase.BUILT, Phase.FAILED) and build.state.finished:
+                    break
+                yield ev
         if build.state is not BuildState.SUCCEEDED:
             raise build.error or BuildFailed("Build failed.")
 

@@ -177,12 +177,6 @@ def test_cancel_queued_and_running_builds_frees_the_slot() -> None:
     run(scenario)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BuildManager.cancel/close cancel the build task; a task cancelled before its "
-    "first step never runs _run, so the build stays RUNNING, keeps its slot and its "
-    "image's dedup entry, and its followers wait forever",
-)
 def test_cancel_in_the_same_loop_turn_as_submit_finishes_the_build() -> None:
     async def scenario() -> None:
         builder = ScriptedBuilder()

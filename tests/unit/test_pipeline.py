@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
@@ -648,6 +649,9 @@ def test_observers_get_one_report_with_stage_timings() -> None:
     async def scenario() -> None:
         launcher = FakeLauncher(steps=2, delay=0.02)
         w = world(launcher=launcher)
+        # The scripted builder and launcher sleep for real, so the stage
+        # timings are read off the real clock in this test.
+        w.pipeline.clock = time.monotonic
         w.builder.default = Script(delay=0.02)
         request = w.request(user="ada")
         events = [ev async for ev in w.pipeline.run(w.pipeline.validate(request))]
