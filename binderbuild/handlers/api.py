@@ -427,7 +427,18 @@ class BuildLogHandler(ApiHandler):
         _, live = await self.find(build_id)
         events = list(live.events) if live is not None else await self.history.events(build_id)
         self.set_header("Content-Type", "text/plain; charset=UTF-8")
-        self.finish("".join(ev.message for ev in events or []))
+        self.finish(log_text(events or []))
+
+
+def log_text(events: Sequence[ProgressEvent]) -> str:
+    """A build's events as a plain-text log: one message per line (a message
+    without its own newline, such as a last log line cut off by a failure,
+    does not run into the next)."""
+    return "".join(
+        ev.message if ev.message.endswith("\n") else ev.message + "\n"
+        for ev in events
+        if ev.message
+    )
 
 
 class BuildEventsHandler(ApiHandler, EventStreamHandler):
