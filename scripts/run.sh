@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run a complete Binder on this machine, in the foreground:
 #
-#   bash scripts/run.sh [--port N] [--local-store] [--no-setup] [--no-demo]
+#   bash scripts/run.sh [--port N] [--local-store] [--no-setup] [--no-demo] [--config FILE]
 #
 # 1. scripts/setup.sh (idempotent): Docker engine, venv, base images,
 #    configurable-http-proxy.
@@ -52,6 +52,7 @@ SERVER_PIDS_LIMIT="${BINDERBUILD_SERVER_PIDS_LIMIT:-512}"
 USE_REGISTRY=1
 SETUP=1
 DEMO=1
+EXTRA_CONFIG=""
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -60,6 +61,8 @@ while [ $# -gt 0 ]; do
         --local-store) USE_REGISTRY=0; shift ;;
         --no-setup) SETUP=0; shift ;;
         --no-demo) DEMO=0; shift ;;
+        --config) EXTRA_CONFIG="$(realpath "$2")"; shift 2 ;;
+        --config=*) EXTRA_CONFIG="$(realpath "${1#*=}")"; shift ;;
         -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
@@ -245,7 +248,18 @@ fi
 cat >>"$STATE/binderbuild_config.py" <<EOF
 # The demo repository is served from loopback.
 c.BinderBuild.allowed_internal_networks = ["127.0.0.0/8"]
+# Safe defaults for a Binder others can reach (docs/operators.md): each
+# client IP may start 30 builds/launches an hour without a build token (the
+# launch page hands one out), and at most 20 servers run at once.
+c.RateLimiter.limit = int("${BINDERBUILD_RATE_LIMIT:-30}")
+c.RateLimiter.period_seconds = 3600
+c.BinderBuild.pod_quota = int("${BINDERBUILD_POD_QUOTA:-20}")
 EOF
+if [ -n "$EXTRA_CONFIG" ]; then
+    # The operator's own settings, loaded last so they win.
+    "$PY" -c 'import sys; print(f"# --config, loaded last\nload_subconfig({sys.argv[1]!r})")' \
+        "$EXTRA_CONFIG" >>"$STATE/binderbuild_config.py"
+fi
 say "starting binderbuild on http://127.0.0.1:$PORT/"
 JUPYTERHUB_API_TOKEN="$(cat "$TOKEN_FILE")" "$PY" -m binderbuild \
     --config="$STATE/binderbuild_config.py" --port="$PORT" </dev/null &
