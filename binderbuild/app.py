@@ -36,7 +36,7 @@ from binderbuild.handlers.info import (
 from binderbuild.handlers.metrics import MetricsHandler
 from binderbuild.handlers.pages import PageOptions, page_handlers, page_settings
 from binderbuild.logging_setup import configure_logging
-from binderbuild.netsafety import parse_networks
+from binderbuild.netsafety import parse_allowed, parse_networks
 from binderbuild.operations import BinderBuildWebApp
 from binderbuild.providers import DEFAULT_PROVIDERS
 from binderbuild.providers.base import RepoProvider
@@ -85,6 +85,8 @@ CONFIGURABLES: list[str] = [
     "binderbuild.eventlog.EventLog",
     "binderbuild.hub.HubLauncher",
     "binderbuild.quota.HubServerCounter",
+    "binderbuild.lifecycle.EngineImageCleaner",
+    "binderbuild.lifecycle.RegistryLifecycle",
 ]
 
 
@@ -200,8 +202,10 @@ class BinderBuild(PageOptions, Application):
     allowed_internal_networks = List(
         Unicode(),
         config=True,
-        help="CIDR networks that repositories may be fetched from although they are internal "
-        "(private, loopback, link-local). Default: none, e.g. ['127.0.0.0/8'] for a local git server.",
+        help="Internal (private, loopback, link-local) places repositories may be fetched "
+        "from: networks ('10.1.0.0/16': any port) or one address and port ('127.0.0.1:9419', "
+        "'[::1]:9419'). Prefer address:port: a network also admits the hub, the registry and "
+        "this service if they live in it. Default: none.",
     )
     resolve_cache_ttl = Float(
         60.0, config=True, help="Seconds a branch/tag resolution is reused (commit SHAs: forever)."
@@ -368,6 +372,14 @@ class BinderBuild(PageOptions, Application):
     @default("json_logs")
     def _default_json_logs(self) -> bool:
         return os.environ.get("BINDERBUILD_JSON_LOGS", "").lower() in ("1", "true", "yes")
+
+    @validate("allowed_internal_networks")
+    def _valid_allowed(self, proposal: Any) -> Any:
+        try:
+            parse_allowed(list(proposal["value"]))
+        except ValueError as exc:
+            raise ConfigError(f"allowed_internal_networks: {exc}") from None
+        return proposal["value"]
 
     @validate("ban_networks", "trusted_proxies")
     def _valid_networks(self, proposal: Any) -> Any:

@@ -40,7 +40,7 @@ from types import TracebackType
 from urllib.parse import urlsplit, urlunsplit
 
 from binderbuild.errors import BinderBuildError
-from binderbuild.netsafety import IPAddress, IPNetwork, address_allowed, resolve_host
+from binderbuild.netsafety import AllowRule, IPAddress, address_allowed, resolve_host
 
 Resolver = Callable[[str, int | None], Awaitable[list[IPAddress]]]
 
@@ -78,7 +78,7 @@ class EgressProxy:
 
     def __init__(
         self,
-        allowed_networks: Iterable[IPNetwork] = (),
+        allowed_networks: Iterable[AllowRule] = (),
         *,
         allowed_hosts: Iterable[str] = (),
         resolver: Resolver = resolve_host,
@@ -147,7 +147,7 @@ class EgressProxy:
 
     # --- the policy ------------------------------------------------------------
 
-    async def _vetted_addresses(self, host: str) -> list[IPAddress]:
+    async def _vetted_addresses(self, host: str, port: int) -> list[IPAddress]:
         name = host.lower().rstrip(".")
         try:
             addrs = await self.resolver(name, None)
@@ -158,7 +158,7 @@ class EgressProxy:
         if name in self.allowed_hosts:
             return addrs
         for addr in addrs:
-            if not address_allowed(addr, self.allowed_networks):
+            if not address_allowed(addr, self.allowed_networks, port):
                 raise _Refused(
                     403,
                     f"{host} resolves to an internal address ({addr}); builds may not "
@@ -170,7 +170,7 @@ class EgressProxy:
         self, host: str, port: int
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         last = ""
-        for addr in await self._vetted_addresses(host):
+        for addr in await self._vetted_addresses(host, port):
             try:
                 return await asyncio.wait_for(
                     asyncio.open_connection(str(addr), port), self.connect_timeout

@@ -13,6 +13,7 @@ import asyncio
 import ipaddress
 import socket
 from collections.abc import Iterable
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from binderbuild.errors import SpecError, UnsafeURL
@@ -23,6 +24,58 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 def parse_networks(cidrs: Iterable[str]) -> list[IPNetwork]:
     return [ipaddress.ip_network(c, strict=False) for c in cidrs]
+
+
+@dataclass(frozen=True)
+class AllowedEndpoint:
+    """An internal network, or one address and port, that fetches may reach."""
+
+    network: IPNetwork
+    port: int | None = None  # None: every port
+
+    def admits(self, addr: IPAddress, port: int | None) -> bool:
+        # ::ffff:a.b.c.d is the IPv4 address itself (the kernel connects to
+        # it); other wrappings go through relays and are never "the allowed host".
+        mapped = addr.ipv4_mapped if isinstance(addr, ipaddress.IPv6Address) else None
+        inside = addr in self.network or (mapped is not None and mapped in self.network)
+        return inside and (self.port is None or port == self.port)
+
+    def __str__(self) -> str:
+        if self.port is None:
+            return str(self.network)
+        host = self.network.network_address
+        return f"[{host}]:{self.port}" if host.version == 6 else f"{host}:{self.port}"
+
+
+def parse_allowed(entries: Iterable[str]) -> list[AllowedEndpoint]:
+    """``10.0.0.0/8`` (a network, any port), ``127.0.0.1:9419`` or
+    ``[::1]:9419`` (one address, one port). ValueError for anything else."""
+    rules: list[AllowedEndpoint] = []
+    for entry in entries:
+        text = entry.strip()
+        host, port = text, None
+        if text.startswith("["):
+            inside, sep, rest = text[1:].partition("]")
+            if not sep or (rest and not rest.startswith(":")):
+                raise ValueError(f"not an address, [address]:port or network: {entry!r}")
+            host, port = inside, rest[1:] or None
+        elif text.count(":") == 1:
+            host, port = text.split(":")
+        number: int | None = None
+        if port is not None:
+            if not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"invalid port in {entry!r}")
+            number = int(port)
+            if "/" in host:
+                raise ValueError(f"give an address with a port, or a network without: {entry!r}")
+        rules.append(AllowedEndpoint(ipaddress.ip_network(host, strict=False), number))
+    return rules
+
+
+AllowRule = IPNetwork | AllowedEndpoint
+
+# The port a URL without one connects to, by scheme.
+DEFAULT_PORTS = {"http": 80, "https": 443, "git": 9418}
 
 
 # IPv6 ranges that carry an IPv4 address inside them, and where it sits.
@@ -75,12 +128,15 @@ def is_internal(addr: IPAddress) -> bool:
     )
 
 
-def address_allowed(addr: IPAddress, allowed: Iterable[IPNetwork]) -> bool:
-    # ::ffff:a.b.c.d is the IPv4 address itself (the kernel connects to it);
-    # other wrappings go through relays and are never "the allowed host".
-    mapped = addr.ipv4_mapped if isinstance(addr, ipaddress.IPv6Address) else None
-    if any(addr in net or (mapped is not None and mapped in net) for net in allowed):
-        return True
+def address_allowed(
+    addr: IPAddress, allowed: Iterable[AllowRule], port: int | None = None
+) -> bool:
+    """Whether a connection to ``addr`` (on ``port``) may be made: public
+    addresses always, internal ones only when an allow rule admits them."""
+    for rule in allowed:
+        endpoint = rule if isinstance(rule, AllowedEndpoint) else AllowedEndpoint(rule)
+        if endpoint.admits(addr, port):
+            return True
     return not is_internal(addr)
 
 
@@ -101,7 +157,7 @@ async def resolve_host(host: str, port: int | None) -> list[IPAddress]:
     return [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
 
 
-async def check_url(url: str, allowed: Iterable[IPNetwork]) -> None:
+async def check_url(url: str, allowed: Iterable[AllowRule]) -> None:
     """Raise UnsafeURL unless every address of the URL's host is allowed."""
     parts = urlsplit(url)
     host = parts.hostname
@@ -109,11 +165,11 @@ async def check_url(url: str, allowed: Iterable[IPNetwork]) -> None:
         raise SpecError(f"URL has no host: {url!r}")
     allowed = list(allowed)
     try:
-        port = parts.port
+        port = parts.port or DEFAULT_PORTS.get(parts.scheme.lower())
     except ValueError:
         raise SpecError(f"URL has an invalid port: {url!r}") from None
     for addr in await resolve_host(host, port):
-        if not address_allowed(addr, allowed):
+        if not address_allowed(addr, allowed, port):
             raise UnsafeURL(
                 f"Refusing to fetch from {host}: it resolves to an internal address ({addr})."
                 " Operators can allow it with BinderBuild.allowed_internal_networks."

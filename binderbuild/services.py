@@ -51,10 +51,17 @@ from binderbuild.handlers.info import HealthChecker
 from binderbuild.history import BuildHistory, history_recorder
 from binderbuild.http import HttpClient
 from binderbuild.launcher import Launcher
+from binderbuild.lifecycle import (
+    DockerEngine,
+    EngineImageCleaner,
+    Lifecycle,
+    RegistryLifecycle,
+    UsageTracker,
+)
 from binderbuild.logging_setup import attach_scrubber
 from binderbuild.metrics import InstrumentedLauncher, Metrics, Refusal, UpstreamClassifier
 from binderbuild.models import BuildRequest
-from binderbuild.netsafety import parse_networks
+from binderbuild.netsafety import AllowRule, parse_allowed
 from binderbuild.operations import collect_secrets
 from binderbuild.pipeline import KnownImages, Pipeline, PipelineSettings
 from binderbuild.providers.base import RepoProvider
@@ -126,6 +133,8 @@ class Services:
     user_resolver: HubUserResolver | None = None
     # Routes some services add (the OAuth callback with auth_enabled).
     extra_handlers: tuple[Route, ...] = ()
+    # Image use tracking and the periodic image cleaners (issue 16).
+    lifecycle: Lifecycle | None = None
 
     def client_ip(self, request: HTTPServerRequest) -> str:
         return self.client_ip_resolver(request)
@@ -145,7 +154,7 @@ def compose(app: BinderBuild, registry_config: DockerRegistry) -> Services:
     """Create every long-lived service once. Called inside the running loop."""
     scrubber = Scrubber([app.hub_api_token, *app.extra_log_secrets, registry_config.password])
     http = HttpClient(user_agent=f"binderbuild/{__version__}")
-    internal_networks = parse_networks(app.allowed_internal_networks)
+    internal_networks = parse_allowed(app.allowed_internal_networks)
     providers = make_providers(app, http, internal_networks)
     for provider in providers.values():
         scrubber.add(*provider.secret_values())
@@ -168,6 +177,7 @@ def compose(app: BinderBuild, registry_config: DockerRegistry) -> Services:
 
     api_tokens = ApiTokens(app.api_tokens)
     history = BuildHistory(app.data_dir, parent=app, log=app.log)
+    usage = UsageTracker(history)
     builds_api = BuildsAPI(
         parent=app, log=app.log, providers=providers, history=history, api_tokens=api_tokens
     )
@@ -207,6 +217,7 @@ def compose(app: BinderBuild, registry_config: DockerRegistry) -> Services:
             known_images.remember_built,
             metrics.build_finished_hook,
             history_recorder(history, builds_api.repo_of),
+            usage.remember_built,
         ],
     )
     metrics.watch_queue(builds)
@@ -225,7 +236,7 @@ def compose(app: BinderBuild, registry_config: DockerRegistry) -> Services:
             resolve_cache_ttl=app.resolve_cache_ttl,
             max_concurrent_resolutions=app.resolve_concurrency_limit,
         ),
-        observers=[eventlog.observe_run],
+        observers=[eventlog.observe_run, usage.observe_run],
     )
 
     # Every secret-named option (also of the providers, builder, launcher and
@@ -295,6 +306,7 @@ def compose(app: BinderBuild, registry_config: DockerRegistry) -> Services:
         hub_auth=hub_auth,
         user_resolver=user_resolver,
         extra_handlers=extra_handlers,
+        lifecycle=make_lifecycle(app, usage, docker_client, image_store, builds, known_images),
     )
 
 
@@ -306,6 +318,8 @@ async def start(services: Services) -> None:
         await services.builder.start()
     except Exception as exc:
         log.warning("build backend did not start yet: %s", services.scrubber.scrub(str(exc)))
+    if services.lifecycle is not None:
+        services.lifecycle.start()
 
 
 async def shutdown(services: Services) -> None:
@@ -316,6 +330,9 @@ async def shutdown(services: Services) -> None:
     await services.builder.begin_shutdown()
     await services.builds.close()
     services.eventlog.close()
+    # Stops the cleaners and writes the last image uses, before the history closes.
+    if services.lifecycle is not None:
+        await services.lifecycle.close()
     # After builds.close(): interrupted builds are recorded too.
     await services.history.close()
     if services.launcher is not None:
@@ -328,7 +345,7 @@ async def shutdown(services: Services) -> None:
 
 
 def make_providers(
-    app: BinderBuild, http: HttpClient, internal_networks: Sequence[Any]
+    app: BinderBuild, http: HttpClient, internal_networks: Sequence[AllowRule]
 ) -> dict[str, RepoProvider]:
     providers: dict[str, RepoProvider] = {}
     for prefix, cls in app.repo_providers.items():
@@ -378,6 +395,47 @@ def make_image_store(
         registry_config.password,
         registry_config.timeout,
     )
+
+
+def make_lifecycle(
+    app: BinderBuild,
+    usage: UsageTracker,
+    docker_client: Any,
+    image_store: ImageStore,
+    builds: BuildManager,
+    known_images: KnownImages,
+) -> Lifecycle:
+    """Usage tracking, and the cleaners that are enabled: the engine's when
+    this machine has the engine, the registry's when images go to one."""
+    engine_cleaner: EngineImageCleaner | None = None
+    if docker_client is not None:
+        engine_cleaner = EngineImageCleaner(
+            DockerEngine(docker_client),
+            parent=app,
+            log=app.log,
+            image_prefix=app.image_prefix,
+            usage=usage,
+            in_use_names=lambda: {b.image_name for b in builds.builds() if not b.state.finished},
+            # A removed image must be looked up again (and rebuilt), not remembered.
+            on_removed=known_images.cache.discard,
+        )
+        if not engine_cleaner.enabled:
+            engine_cleaner = None
+    registry: RegistryLifecycle | None = None
+    if isinstance(image_store, RegistryClient):
+        registry = RegistryLifecycle(
+            image_store,
+            parent=app,
+            log=app.log,
+            image_prefix=app.image_prefix,
+            usage=usage,
+            on_removed=known_images.cache.discard,
+        )
+        if not registry.enabled:
+            registry = None
+        elif not registry.budget:
+            raise ConfigError("RegistryLifecycle.enabled needs RegistryLifecycle.budget (e.g. '100G').")
+    return Lifecycle(usage, engine_cleaner, registry)
 
 
 def make_builder(app: BinderBuild, resources: BuildResources) -> Builder:

@@ -246,8 +246,10 @@ c.DockerRegistry.password = _password
 EOF
 fi
 cat >>"$STATE/binderbuild_config.py" <<EOF
-# The demo repository is served from loopback.
-c.BinderBuild.allowed_internal_networks = ["127.0.0.0/8"]
+# Exactly the demo git server may be fetched from, although it is on
+# loopback (the hub, the registry and this service stay refused). More with
+# --config FILE (e.g. c.BinderBuild.allowed_internal_networks.append(...)).
+c.BinderBuild.allowed_internal_networks = ["127.0.0.1:$GIT_PORT"]
 # Safe defaults for a Binder others can reach (docs/operators.md): each
 # client IP may start 30 builds/launches an hour without a build token (the
 # launch page hands one out), and at most 20 servers run at once.

@@ -30,7 +30,7 @@ from traitlets.config import LoggingConfigurable
 
 from binderbuild.events import ProgressEvent
 from binderbuild.models import BuildJob
-from binderbuild.netsafety import IPNetwork
+from binderbuild.netsafety import AllowRule
 from binderbuild.secrets import Scrubber
 
 
@@ -51,7 +51,7 @@ class BuildResources:
     registry_credentials: Mapping[str, str] = field(default_factory=dict)
     # Networks repositories may be fetched from although internal
     # (BinderBuild.allowed_internal_networks): the same for providers and builds.
-    allowed_internal_networks: Sequence[IPNetwork] = ()
+    allowed_internal_networks: Sequence[AllowRule] = ()
     docker_client: Any = None
 
 

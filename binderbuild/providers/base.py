@@ -22,7 +22,7 @@ from traitlets.config import LoggingConfigurable
 from binderbuild.errors import SpecError
 from binderbuild.http import HttpClient
 from binderbuild.models import ResolvedRef
-from binderbuild.netsafety import IPNetwork
+from binderbuild.netsafety import AllowRule
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -111,7 +111,7 @@ class RepoProvider(LoggingConfigurable):
         self,
         *,
         http: HttpClient | None = None,
-        allowed_internal_networks: list[IPNetwork] | None = None,
+        allowed_internal_networks: list[AllowRule] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)

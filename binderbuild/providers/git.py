@@ -208,7 +208,7 @@ class GitRepoProvider(RepoProvider):
         if not addresses:
             raise self._unreachable(url, f"{host!r} has no address")
         for addr in addresses:
-            if not address_allowed(addr, self.allowed_internal_networks):
+            if not address_allowed(addr, self.allowed_internal_networks, port):
                 raise self._unreachable(
                     url,
                     f"{host} resolves to an internal address ({addr}); operators can allow "

@@ -150,7 +150,7 @@ class HttpRepoProvider(RepoProvider):
             raise SpecError(f"URL has no host: {redact_url(url)!r}")
         _, _, port = origin(url)
         for addr in await self.resolver(host, port):
-            if not address_allowed(addr, self.allowed_internal_networks):
+            if not address_allowed(addr, self.allowed_internal_networks, port):
                 raise UnsafeURL(
                     f"Refusing to fetch from {host}: it resolves to an internal address ({addr})."
                     " Operators can allow it with BinderBuild.allowed_internal_networks."

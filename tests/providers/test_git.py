@@ -6,12 +6,12 @@ import os
 import secrets
 import subprocess
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import pytest
 
 from binderbuild.errors import ProviderError, RefNotFound, SpecError, UnsafeURL
-from binderbuild.netsafety import parse_networks
+from binderbuild.netsafety import parse_allowed, parse_networks
 from binderbuild.providers.git import GitRepoProvider
 from tests.providers.helpers import expect_parse_error
 from tests.realservices import GitServer, add_commit, bare_repo_path, free_port, make_repo
@@ -150,3 +150,23 @@ def test_hostile_urls(url: str, error: type, message: str) -> None:
 async def test_internal_addresses_refused_before_git_runs(url: str) -> None:
     with pytest.raises(ProviderError, match="Could not reach the repository"):
         await GitRepoProvider().resolve(spec(url, "main"))
+
+
+async def test_an_address_and_port_rule_admits_that_server_only(git_server: GitServer, repo) -> None:
+    """The run command allows exactly its own git server (issue 11): an
+    ``address:port`` rule admits that port and nothing else on the address,
+    and a refusal reads like an unreachable host (no port oracle)."""
+    name, sha = repo
+    url = git_server.git_url(name)
+    port = urlsplit(url).port
+    only_git = GitRepoProvider(allowed_internal_networks=parse_allowed([f"127.0.0.1:{port}"]))
+    ref = await only_git.resolve(spec(url, "main"))
+    assert ref.resolved_ref == sha
+    other = f"git://127.0.0.1:{free_port()}/{name}.git"
+    with pytest.raises(ProviderError) as refused:
+        await only_git.resolve(spec(other, "main"))
+    refused_text = refused.value.message.replace(other, "URL")
+    with pytest.raises(ProviderError) as unreachable:
+        await provider().resolve(spec(other, "main"))  # allowed, but nothing listens
+    unreachable_text = unreachable.value.message.replace(other, "URL")
+    assert refused_text == unreachable_text

@@ -11,7 +11,7 @@ import ipaddress
 
 import pytest
 
-from binderbuild.netsafety import address_allowed, is_internal, parse_networks
+from binderbuild.netsafety import address_allowed, is_internal, parse_allowed, parse_networks
 
 INTERNAL = [
     "127.0.0.1",
@@ -62,3 +62,22 @@ def test_an_allowed_network_allows_its_ipv4_mapped_form_but_not_6to4():
     # A 6to4 address goes to a relay, not to the allowed host.
     assert not address_allowed(ipaddress.ip_address("2002:7f00:1::"), loopback)
     assert not address_allowed(ipaddress.ip_address("127.0.0.2"), loopback)
+
+
+def test_address_and_port_rules() -> None:
+    rules = parse_allowed(["127.0.0.1:9419", "[::1]:8080", "10.1.0.0/16"])
+    loop4, loop6 = ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")
+    assert address_allowed(loop4, rules, 9419)
+    assert not address_allowed(loop4, rules, 8081)  # the hub's API on the same address
+    assert not address_allowed(loop4, rules, None)  # a port must be known to match
+    assert address_allowed(ipaddress.ip_address("::ffff:127.0.0.1"), rules, 9419)
+    assert address_allowed(loop6, rules, 8080) and not address_allowed(loop6, rules, 5000)
+    assert address_allowed(ipaddress.ip_address("10.1.2.3"), rules, 1234)  # network: any port
+    assert not address_allowed(ipaddress.ip_address("127.0.0.2"), rules, 9419)
+    assert [str(r) for r in rules] == ["127.0.0.1:9419", "[::1]:8080", "10.1.0.0/16"]
+
+
+@pytest.mark.parametrize("entry", ["127.0.0.1:0", "127.0.0.1:99999", "10.0.0.0/8:22", "[::1", "nope"])
+def test_bad_allow_rules_are_refused(entry: str) -> None:
+    with pytest.raises(ValueError):
+        parse_allowed([entry])
