@@ -11,7 +11,16 @@ work runs on one dedicated thread, so the event loop never blocks on disk and
 the connection is never used from two threads at once.
 
 Retention: at most ``max_builds`` builds, none older than ``max_age_days``
-(by finish time); pruned when the store opens and after every write.
+(by finish time; with ``keep_latest_success`` each image's newest successful
+build is spared by the age limit); pruned when the store opens and after
+every write.
+
+Image use (issue 16): ``image_usage`` holds ``last_used`` per image name,
+written in batches by ``binderbuild.lifecycle.UsageTracker`` and read by the
+image cleaners (least recently used first). The table is created when the
+store opens, so a database written by an older version gains it in place;
+the schema version is not bumped for an added table, so an older version
+can still open the file (it ignores the table).
 """
 
 from __future__ import annotations
@@ -22,13 +31,13 @@ import logging
 import sqlite3
 import time
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from traitlets import Float, Integer
+from traitlets import Bool, Float, Integer
 from traitlets.config import LoggingConfigurable
 
 from binderbuild.builds import Build, BuildState
@@ -58,6 +67,10 @@ CREATE TABLE IF NOT EXISTS builds (
 CREATE INDEX IF NOT EXISTS builds_by_repo ON builds (provider, repo, created);
 CREATE INDEX IF NOT EXISTS builds_by_name ON builds (build_name, finished);
 CREATE INDEX IF NOT EXISTS builds_by_finished ON builds (finished);
+CREATE TABLE IF NOT EXISTS image_usage (
+    image TEXT PRIMARY KEY,
+    last_used REAL NOT NULL
+);
 """
 
 
@@ -166,6 +179,13 @@ class BuildHistory(LoggingConfigurable):
         config=True,
         help="Days a finished build's log and outcome are kept. 0: no limit by age.",
     )
+    keep_latest_success = Bool(
+        False,
+        config=True,
+        help="Spare each image's newest successful build (outcome and log) from "
+        "max_age_days, so the build that made an image stays readable however old it "
+        "is. max_builds still applies.",
+    )
 
     def __init__(self, directory: str | Path, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -241,13 +261,52 @@ class BuildHistory(LoggingConfigurable):
     def _prune(self, db: sqlite3.Connection) -> None:
         if self.max_age_days > 0:
             cutoff = time.time() - self.max_age_days * 86400
-            db.execute("DELETE FROM builds WHERE finished < ?", (cutoff,))
+            if self.keep_latest_success:
+                # Uses builds_by_name (build_name, finished) for the inner query.
+                db.execute(
+                    "DELETE FROM builds WHERE finished < ? AND NOT ("
+                    "state = ? AND finished = (SELECT MAX(b.finished) FROM builds b "
+                    "WHERE b.build_name = builds.build_name AND b.state = ?))",
+                    (cutoff, BuildState.SUCCEEDED.value, BuildState.SUCCEEDED.value),
+                )
+            else:
+                db.execute("DELETE FROM builds WHERE finished < ?", (cutoff,))
         if self.max_builds > 0:
             db.execute(
                 "DELETE FROM builds WHERE id NOT IN "
                 "(SELECT id FROM builds ORDER BY finished DESC LIMIT ?)",
                 (self.max_builds,),
             )
+
+    async def record_usage(self, used: Mapping[str, float]) -> None:
+        """Note when images were last used (image name -> unix time), in one
+        transaction. A time older than the stored one never replaces it."""
+        rows = list(used.items())
+        if not rows:
+            return
+
+        def write(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute("BEGIN")
+                db.executemany(
+                    "INSERT INTO image_usage (image, last_used) VALUES (?, ?) "
+                    "ON CONFLICT(image) DO UPDATE SET "
+                    "last_used = MAX(last_used, excluded.last_used)",
+                    rows,
+                )
+
+        await self._run(write)
+
+    async def last_used(self) -> dict[str, float]:
+        """Image name -> when it was last used (unix time), for every image seen."""
+
+        def read(db: sqlite3.Connection) -> dict[str, float]:
+            return {
+                str(image): float(when)
+                for image, when in db.execute("SELECT image, last_used FROM image_usage")
+            }
+
+        return await self._run(read)
 
     # --- reading ----------------------------------------------------------
 

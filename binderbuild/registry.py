@@ -5,6 +5,10 @@ basic, or a bearer token fetched from the realm a 401 names).
 ``LocalImageStore`` is the single-machine default: the local Docker engine's
 image store is the cache and nothing is pushed.
 
+For the registry lifecycle (``binderbuild.lifecycle``) the client also lists
+repositories and tags, reads manifests and image configs, and deletes
+manifests by digest (the registry must allow deletes).
+
 Rule: only a definite 404 means "missing". Any other answer (401 after auth,
 5xx, timeouts, garbage) raises ``RegistryError``: a registry outage must never
 start a rebuild storm.
@@ -14,10 +18,12 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import json
 import re
 import time
 from base64 import b64encode
 from typing import Any
+from urllib.parse import quote, urljoin
 
 from binderbuild.errors import RegistryError, TransportError
 from binderbuild.http import HttpClient, HttpResponse, redact_url
@@ -33,6 +39,7 @@ MANIFEST_TYPES = ", ".join(
 )
 
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
+_NEXT_LINK = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
 
 
 def repository_path(repository: str) -> str:
@@ -93,8 +100,11 @@ class RegistryClient(ImageStore):
         return "Basic " + b64encode(raw).decode()
 
     async def _get(self, url: str, headers: dict[str, str]) -> HttpResponse:
+        return await self._request("GET", url, headers)
+
+    async def _request(self, method: str, url: str, headers: dict[str, str]) -> HttpResponse:
         try:
-            return await self.http.request("GET", url, headers=headers, timeout=self.timeout)
+            return await self.http.request(method, url, headers=headers, timeout=self.timeout)
         except TransportError as exc:
             raise RegistryError(f"Container registry unreachable: {exc}") from None
 
@@ -130,13 +140,18 @@ class RegistryClient(ImageStore):
         return token
 
     async def _authorized_get(self, url: str, scope: str, accept: str = "") -> HttpResponse:
+        return await self._authorized("GET", url, scope, accept)
+
+    async def _authorized(
+        self, method: str, url: str, scope: str, accept: str = ""
+    ) -> HttpResponse:
         headers = {"Accept": accept} if accept else {}
         cached = self._tokens.get(scope)
         if cached and cached[1] > time.monotonic():
             headers["Authorization"] = f"Bearer {cached[0]}"
         elif basic := self._basic():
             headers["Authorization"] = basic
-        resp = await self._get(url, headers)
+        resp = await self._request(method, url, headers)
         if resp.status != 401:
             return resp
         scheme, params = parse_challenge(resp.header("WWW-Authenticate"))
@@ -148,7 +163,7 @@ class RegistryClient(ImageStore):
             headers["Authorization"] = basic
         else:
             raise RegistryError("Registry requires authentication and none is configured (401).")
-        resp = await self._get(url, headers)
+        resp = await self._request(method, url, headers)
         if resp.status == 401:
             raise RegistryError("Registry refused the configured credentials (401).")
         return resp
@@ -164,6 +179,91 @@ class RegistryClient(ImageStore):
         raise RegistryError(
             f"Container registry answered {resp.status} when asked for {image.name}; "
             "not building until it gives a definite answer."
+        )
+
+    # --- inventory and deletes (the registry lifecycle) -------------------------
+
+    async def _json(
+        self, url: str, scope: str, what: str, missing_ok: bool = False
+    ) -> tuple[Any, HttpResponse]:
+        resp = await self._authorized_get(url, scope)
+        if resp.status == 404 and missing_ok:
+            return None, resp
+        if resp.status != 200:
+            raise RegistryError(f"Container registry answered {resp.status} for {what}.")
+        try:
+            return json.loads(resp.body), resp
+        except ValueError:
+            raise RegistryError(f"Container registry sent no JSON for {what}.") from None
+
+    async def _paged(self, path: str, key: str, scope: str, missing_ok: bool = False) -> list[str]:
+        """Every item of a paginated list (``_catalog``, ``tags/list``), following
+        the ``Link: <...>; rel="next"`` headers."""
+        url = f"{self.url}{path}?n=1000"
+        items: list[str] = []
+        for _ in range(10_000):  # a registry that loops forever is not followed forever
+            body, resp = await self._json(url, scope, path, missing_ok)
+            items += [str(v) for v in (body or {}).get(key) or []]
+            link = _NEXT_LINK.search(resp.header("Link"))
+            if not link:
+                return items
+            url = urljoin(self.url + "/", link.group(1))
+        return items
+
+    async def repositories(self) -> list[str]:
+        """Repository paths the registry holds (``GET /v2/_catalog``)."""
+        return await self._paged("/v2/_catalog", "repositories", "registry:catalog:*")
+
+    async def tags(self, repository: str) -> list[str]:
+        """Tags of a repository (none when it has no tags left)."""
+        path = f"/v2/{repository}/tags/list"
+        return await self._paged(path, "tags", f"repository:{repository}:pull", missing_ok=True)
+
+    async def manifest(self, repository: str, reference: str) -> tuple[str, dict[str, Any]] | None:
+        """``(digest, manifest)`` of a tag or digest, None when it does not exist."""
+        url = f"{self.url}/v2/{repository}/manifests/{quote(reference, safe=':@')}"
+        resp = await self._authorized_get(url, f"repository:{repository}:pull", MANIFEST_TYPES)
+        if resp.status == 404:
+            return None
+        if resp.status != 200:
+            raise RegistryError(
+                f"Container registry answered {resp.status} for manifest {repository}:{reference}."
+            )
+        try:
+            body = json.loads(resp.body)
+        except ValueError:
+            raise RegistryError(f"Manifest {repository}:{reference} is not JSON.") from None
+        if not isinstance(body, dict):
+            raise RegistryError(f"Manifest {repository}:{reference} is not a JSON object.")
+        return resp.header("Docker-Content-Digest") or reference, body
+
+    async def blob_json(self, repository: str, digest: str) -> Any:
+        """A small JSON blob (an image config)."""
+        body, _ = await self._json(
+            f"{self.url}/v2/{repository}/blobs/{digest}",
+            f"repository:{repository}:pull",
+            f"blob {repository}@{digest}",
+        )
+        return body
+
+    async def delete_manifest(self, repository: str, digest: str) -> bool:
+        """Delete a manifest (every tag pointing at it). False when it was
+        already gone. The blobs stay until the registry's garbage collection."""
+        url = f"{self.url}/v2/{repository}/manifests/{digest}"
+        resp = await self._authorized(
+            "DELETE", url, f"repository:{repository}:delete", MANIFEST_TYPES
+        )
+        if resp.status in (200, 202):
+            return True
+        if resp.status == 404:
+            return False
+        if resp.status == 405:
+            raise RegistryError(
+                "The registry does not allow deletes (405): enable storage.delete in its "
+                "configuration (scripts/services.sh: BINDERBUILD_REGISTRY_DELETES=1)."
+            )
+        raise RegistryError(
+            f"Container registry answered {resp.status} when deleting {repository}@{digest}."
         )
 
     async def check(self) -> dict[str, Any]:

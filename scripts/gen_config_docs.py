@@ -41,6 +41,7 @@ MODULES = [
     "binderbuild.quota",
     "binderbuild.k8s_quota",
     "binderbuild.history",
+    "binderbuild.lifecycle",
     "binderbuild.handlers.api",
     "binderbuild.handlers.pages",
     "binderbuild.providers.base",

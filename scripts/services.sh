@@ -4,11 +4,17 @@
 #   scripts/services.sh start    start what is not already running
 #   scripts/services.sh stop     stop what this script started
 #   scripts/services.sh status   say what answers
+#   scripts/services.sh gc       the registry's garbage collection, in a
+#                                maintenance window: the registry turns
+#                                read-only (pulls and lookups work, pushes
+#                                fail), unreferenced blobs are deleted, then
+#                                it is writable again
 #
 # Services:
 #   registry   Docker distribution registry on 127.0.0.1:${BINDERBUILD_REGISTRY_PORT:-5000},
 #              storing under $VAR/registry, with htpasswd authentication
-#              and deletes disabled. The credentials are made on the first
+#              and deletes disabled (BINDERBUILD_REGISTRY_DELETES=1 enables
+#              them, for c.RegistryLifecycle.enabled). The credentials are made on the first
 #              start (user binderbuild, random password) and kept in
 #              $VAR/registry/credentials ("user:password", mode 600): only
 #              binderbuild (push) and the hub's spawner (the engine's pull)
@@ -32,6 +38,9 @@ REGISTRY_DIR="$VAR/registry"
 REGISTRY_PID="$RUN/registry.pid"
 REGISTRY_CREDENTIALS="$REGISTRY_DIR/credentials"
 REGISTRY_HTPASSWD="$REGISTRY_DIR/htpasswd"
+REGISTRY_CONFIG="$REGISTRY_DIR/config.yml"
+# 1: manifests may be deleted (binderbuild's registry lifecycle needs it).
+REGISTRY_DELETES="${BINDERBUILD_REGISTRY_DELETES:-0}"
 
 say() { printf 'services: %s\n' "$*"; }
 
@@ -75,8 +84,16 @@ start_registry() {
     umask 077
     mkdir -p "$LOG" "$RUN" "$REGISTRY_DIR/data"
     ensure_credentials
-    # The config is rewritten each start so a changed ROOT or port applies.
-    cat >"$REGISTRY_DIR/config.yml" <<EOF
+    write_config "${1:-false}"
+    launch_registry
+}
+
+write_config() {
+    # $1: read-only (true during garbage collection). The config is rewritten
+    # each start so a changed ROOT, port or BINDERBUILD_REGISTRY_DELETES applies.
+    local readonly="$1" deletes=false
+    if [ "$REGISTRY_DELETES" = 1 ]; then deletes=true; fi
+    cat >"$REGISTRY_CONFIG" <<EOF
 version: 0.1
 log:
   level: info
@@ -85,9 +102,14 @@ log:
 storage:
   filesystem:
     rootdirectory: $REGISTRY_DIR/data
-  # Nothing of binderbuild deletes images: a stolen credential cannot either.
+  # Off unless BINDERBUILD_REGISTRY_DELETES=1 (binderbuild's registry
+  # lifecycle deletes least recently used manifests): while off, a stolen
+  # credential cannot delete images either.
   delete:
-    enabled: false
+    enabled: $deletes
+  maintenance:
+    readonly:
+      enabled: $readonly
 auth:
   htpasswd:
     realm: binderbuild
@@ -97,8 +119,11 @@ http:
   # Shared secret of upload sessions; a new one each start.
   secret: $(random_hex 16)
 EOF
+}
+
+launch_registry() {
     # setsid + nohup so the registry outlives the shell that started it.
-    setsid nohup docker-registry serve "$REGISTRY_DIR/config.yml" \
+    setsid nohup docker-registry serve "$REGISTRY_CONFIG" \
         >>"$LOG/registry.log" 2>&1 </dev/null &
     echo $! >"$REGISTRY_PID"
     for _ in $(seq 50); do
@@ -126,10 +151,35 @@ stop_registry() {
     fi
 }
 
+gc_registry() {
+    # Not stop-the-world: the registry is read-only meanwhile, so lookups and
+    # pulls keep working; pushes (a build finishing) fail during the window,
+    # and each restart costs about a second. Run it when few builds run.
+    if [ ! -f "$REGISTRY_PID" ] || ! kill -0 "$(cat "$REGISTRY_PID")" 2>/dev/null; then
+        say "gc: the registry was not started by this script (start it first)"
+        exit 1
+    fi
+    stop_registry >/dev/null
+    start_registry true >/dev/null
+    say "gc: registry read-only"
+    local before after status=0
+    before="$(du -sb "$REGISTRY_DIR/data" | cut -f1)"
+    docker-registry garbage-collect "$REGISTRY_CONFIG" >>"$LOG/registry-gc.log" 2>&1 || status=$?
+    after="$(du -sb "$REGISTRY_DIR/data" | cut -f1)"
+    stop_registry >/dev/null
+    start_registry false >/dev/null
+    if [ "$status" != 0 ]; then
+        say "gc: garbage-collect failed ($status); see $LOG/registry-gc.log; registry writable again"
+        exit "$status"
+    fi
+    say "gc: $((before - after)) bytes freed ($before -> $after); registry writable again"
+}
+
 case "${1:-}" in
-    start) start_registry ;;
+    start) start_registry false ;;
     stop) stop_registry ;;
+    gc) gc_registry ;;
     status)
         if registry_up; then say "registry: up on $REGISTRY_ADDR"; else say "registry: down"; fi ;;
-    *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+    *) echo "usage: $0 start|stop|status|gc" >&2; exit 2 ;;
 esac
