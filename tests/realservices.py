@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import io
 import os
 import re
 import secrets
@@ -25,12 +26,14 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 LOOPBACK = "127.0.0.1"
 BASE_IMAGE = "binderbuild/base:bookworm"
@@ -600,6 +603,24 @@ def ensure_builder_image() -> None:
 
 
 # ---------------------------------------------------------------- git smart HTTP
+
+
+def build_context_image(docker_client: Any, tag: str, files: Mapping[str, bytes]) -> str:
+    """Build ``tag`` from an in-memory context (a ``Dockerfile`` and its
+    files) with no network, as repo2docker's Dockerfile buildpack would;
+    returns the image id. Fails the test on a build error."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for filename, data in files.items():
+            info = tarfile.TarInfo(filename)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    for chunk in docker_client.api.build(
+        fileobj=buf, custom_context=True, tag=tag, network_mode="none", rm=True, decode=True
+    ):
+        assert "error" not in chunk, chunk
+    return str(docker_client.images.get(tag).id)
 
 
 def _serve_git_http_backend(root: str, port: int) -> None:

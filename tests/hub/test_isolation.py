@@ -15,11 +15,9 @@ its own token has only its own scopes.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import secrets
 import socket
-import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -34,7 +32,12 @@ from binderbuild.models import LaunchResult
 from tests.hub.conftest import fake_request
 from tests.hub.test_spawner import launch_once
 from tests.hubservice import HubService, HubUnavailable
-from tests.realservices import NOTEBOOK_BASE_IMAGE, RegistryServer, _http_status
+from tests.realservices import (
+    NOTEBOOK_BASE_IMAGE,
+    RegistryServer,
+    _http_status,
+    build_context_image,
+)
 from tests.service import BinderBuildService
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker, pytest.mark.registry]
@@ -157,17 +160,7 @@ def build_and_push(
 ) -> None:
     """What the Dockerfile buildpack does (docker build of the repository's
     Dockerfile, no network), then a push with the registry's credentials."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        data = dockerfile.encode()
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    buf.seek(0)
-    for chunk in docker_client.api.build(
-        fileobj=buf, custom_context=True, tag=name, network_mode="none", rm=True, decode=True
-    ):
-        assert "error" not in chunk, chunk
+    build_context_image(docker_client, name, {"Dockerfile": dockerfile.encode()})
     assert registry.htpasswd is not None
     user, password = registry.htpasswd
     lines = list(

@@ -10,9 +10,7 @@ tests on the same engine are never candidates (a unique image prefix)."""
 from __future__ import annotations
 
 import asyncio
-import io
 import secrets
-import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +30,7 @@ from binderbuild.lifecycle import (
 from binderbuild.registry import RegistryClient
 from tests.conftest import service_config
 from tests.integration.test_build_pipeline import build_url, wait_until
-from tests.realservices import BASE_IMAGE, RegistryServer, add_commit
+from tests.realservices import BASE_IMAGE, RegistryServer, add_commit, build_context_image
 from tests.sse import read_events
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry]
@@ -42,21 +40,10 @@ DAY = 86400.0
 
 def build_image(docker_client: Any, name: str, base: str = "scratch", size: int = 4096) -> str:
     """A small image of random content (so every image has a layer of its own)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for filename, data in (
-            ("Dockerfile", f"FROM {base}\nCOPY payload /payload\n".encode()),
-            ("payload", secrets.token_bytes(size)),
-        ):
-            info = tarfile.TarInfo(filename)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    buf.seek(0)
-    for chunk in docker_client.api.build(
-        fileobj=buf, custom_context=True, tag=name, network_mode="none", rm=True, decode=True
-    ):
-        assert "error" not in chunk, chunk
-    return str(docker_client.images.get(name).id)
+    dockerfile = f"FROM {base}\nCOPY payload /payload\n".encode()
+    return build_context_image(
+        docker_client, name, {"Dockerfile": dockerfile, "payload": secrets.token_bytes(size)}
+    )
 
 
 class NoPrune(DockerEngine):

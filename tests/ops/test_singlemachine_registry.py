@@ -11,12 +11,10 @@ script runs for real here, on a free port and under a temporary directory
 from __future__ import annotations
 
 import base64
-import io
 import os
 import secrets
 import shutil
 import subprocess
-import tarfile
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +22,13 @@ from typing import Any
 
 import pytest
 
-from tests.realservices import _OPENER, MANIFEST_MEDIA_TYPES, _http_status, free_port
+from tests.realservices import (
+    _OPENER,
+    MANIFEST_MEDIA_TYPES,
+    _http_status,
+    build_context_image,
+    free_port,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry]
 
@@ -80,20 +84,11 @@ def script_registry(tmp_path: Path) -> Iterator[ScriptRegistry]:
 
 
 def tiny_image(docker_client: Any, name: str) -> None:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for filename, data in (
-            ("Dockerfile", b"FROM scratch\nCOPY x /x\n"),
-            ("x", secrets.token_hex(8).encode()),
-        ):
-            info = tarfile.TarInfo(filename)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    buf.seek(0)
-    for chunk in docker_client.api.build(
-        fileobj=buf, custom_context=True, tag=name, network_mode="none", rm=True, decode=True
-    ):
-        assert "error" not in chunk, chunk
+    build_context_image(
+        docker_client,
+        name,
+        {"Dockerfile": b"FROM scratch\nCOPY x /x\n", "x": secrets.token_hex(8).encode()},
+    )
 
 
 def push(docker_client: Any, name: str, auth: dict[str, str]) -> list[dict[str, Any]]:
