@@ -237,6 +237,30 @@ _SOCKET_DIRS = {"/", "/run", "/var", "/var/run", "/run/docker", "/run/containerd
 _HOST_NAMESPACES = ("PidMode", "IpcMode", "UTSMode", "UsernsMode", "CgroupnsMode")
 
 
+# Options of Jupyter servers that choose where they listen.
+_LISTEN_OPTIONS = {
+    f"--{prefix}{name}"
+    for prefix in ("", "ServerApp.", "NotebookApp.", "SingleUserNotebookApp.")
+    for name in ("ip", "port")
+}
+
+
+def without_listen_args(command: list[str]) -> list[str]:
+    """``command`` without ``--ip``/``--port`` options (``--ip=X`` or ``--ip X``)."""
+    out: list[str] = []
+    skip = False
+    for arg in command:
+        if skip:
+            skip = False
+            continue
+        name, eq, _ = arg.partition("=")
+        if name in _LISTEN_OPTIONS:
+            skip = not eq
+            continue
+        out.append(arg)
+    return out
+
+
 def _mount_sources(host_config: dict[str, Any]) -> list[str]:
     sources = [str(b).split(":", 1)[0] for b in host_config.get("Binds") or []]
     sources += [str(m.get("Source") or "") for m in host_config.get("Mounts") or []]
@@ -480,12 +504,15 @@ if DockerSpawner is not None:
 
         async def get_command(self) -> list[str]:
             if self.cmd:
-                command: list[str] = await super().get_command()
-                return command
-            # An image with an ENTRYPOINT and no CMD has Cmd null: the command
-            # is then the entrypoint with the server's arguments.
-            info = await self.docker("inspect_image", self.image)
-            return list(info["Config"].get("Cmd") or []) + list(self.get_args())
+                command = list(self.cmd)
+            else:
+                # An image with an ENTRYPOINT and no CMD has Cmd null: the
+                # command is then the entrypoint with the server's arguments.
+                info = await self.docker("inspect_image", self.image)
+                command = list(info["Config"].get("Cmd") or [])
+            # The listen address is the spawner's choice, not the image's:
+            # Jupyter refuses a second --ip, so the image's own go.
+            return without_listen_args(command) + list(self.get_args())
 
         async def check_allowed(self, image: str) -> str:
             # DockerSpawner's allowed_images is replaced by the prefix rule.

@@ -33,8 +33,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from binderbuild.hubconfig.network import DEFAULT_SERVER_NETWORK
-
+# The internal Docker network of the servers (binderbuild.hubconfig.network
+# makes it), and the name of the unsafe opt-in.
+DEFAULT_SERVER_NETWORK = "binderbuild-servers"
 HOST_NETWORK = "host"
 
 # What binderbuild's launcher does with its service token: create and delete

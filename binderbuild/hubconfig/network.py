@@ -20,7 +20,9 @@ import ipaddress
 import sys
 from typing import Any
 
-DEFAULT_SERVER_NETWORK = "binderbuild-servers"
+from binderbuild.hubconfig import DEFAULT_SERVER_NETWORK
+
+__all__ = ["DEFAULT_SERVER_NETWORK", "ServerNetworkError", "ensure_server_network"]
 # Label on networks binderbuild created, so an operator can tell them apart.
 NETWORK_LABEL = "org.binderbuild.role"
 
@@ -74,7 +76,9 @@ def ensure_server_network(name: str = DEFAULT_SERVER_NETWORK, client: Any = None
                 )
             except docker.errors.APIError as exc:
                 if exc.status_code != 409:  # 409: made by someone else meanwhile
-                    raise ServerNetworkError(f"cannot create Docker network {name!r}: {exc}") from exc
+                    raise ServerNetworkError(
+                        f"cannot create Docker network {name!r}: {exc}"
+                    ) from exc
             attrs = client.api.inspect_network(name)
         if attrs.get("Driver") != "bridge":
             raise ServerNetworkError(

@@ -255,3 +255,11 @@ def test_root_and_host_network_need_more_than_a_default() -> None:
     assert (spawner.run_as_uid, spawner.pids_limit, spawner.cpu_limit) == (1000, 512, 1.0)
     assert spawner.mem_limit == 2 * 1024**3
     assert not spawner.allow_host_network
+
+
+def test_the_images_listen_address_is_replaced() -> None:
+    from binderbuild.spawner import without_listen_args
+
+    command = ["jupyterhub-singleuser", "--ip=127.0.0.1", "--port", "9", "--ServerApp.ip=::"]
+    assert without_listen_args(command) == ["jupyterhub-singleuser"]
+    assert without_listen_args(["sh", "-c", "x", "--ipx=1"]) == ["sh", "-c", "x", "--ipx=1"]

@@ -143,6 +143,8 @@ def test_build_and_launch_ends_ready(
     attrs = containers[0].attrs
     assert attrs["Config"]["Image"] == ready["image"]
     assert attrs["HostConfig"]["NetworkMode"] == "binderbuild-servers"
+    # The image's own --ip=127.0.0.1 (the notebook base has one) is replaced.
+    assert [a for a in attrs["Args"] if a.startswith("--ip")] == ["--ip=0.0.0.0"]
     assert attrs["Args"][-2:] == ["--ip=0.0.0.0", "--port=8888"]
     assert attrs["Config"]["User"] == "1000:1000"
     env = dict(item.split("=", 1) for item in attrs["Config"]["Env"])
