@@ -9,6 +9,7 @@ A thin layer over Tornado's client so that:
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -136,7 +137,11 @@ class HttpClient:
             allow_nonstandard_methods=True,
         )
         try:
-            resp = await self._client.fetch(req, raise_error=False)
+            # Shielded: a caller that gives up (a health probe's timeout, a
+            # client that left) must not cancel Tornado's future, which then
+            # logs "Exception after Future was cancelled" with a traceback
+            # when the request fails later. The request ends by its timeout.
+            resp = await asyncio.shield(self._client.fetch(req, raise_error=False))
         except HTTPClientError as exc:  # raise_error=False: only transport failures
             if exc.response is None:
                 raise TransportError(

@@ -9,8 +9,12 @@ One launch, in order (docs/launching.md has the whole story)::
     POST /users/{user}/servers/{name}      user_options: image, token, repo_url, binder_*
     GET  /users/{user}/server[s/{name}]/progress   relayed as ``launching`` events
 
-Everything runs under one deadline (``launch_timeout``). Hub calls are retried
-in exactly one place (``HubClient.call``). A launch that fails, times out or
+Everything runs under one deadline (``launch_timeout``), and every hub
+operation under its own, shorter one (``hub_unresponsive_timeout``): a hub that
+is down or hung fails the launch within that bound. Hub calls are retried in
+exactly one place (``HubClient.call``). A spawn that a hub restart cancelled
+is requested once more; ``ready`` is reported only for a server the hub's own
+model says is ready and not stopping. A launch that fails, times out or
 is abandoned by its client leaves nothing behind: a background cleanup stops
 the server and deletes the temporary user (or the named server), retrying
 until the hub answers or ``cleanup_timeout`` passes.
@@ -33,8 +37,8 @@ import random
 import re
 import string
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
 
@@ -53,7 +57,7 @@ from binderbuild.errors import (
     QuotaExceeded,
 )
 from binderbuild.events import Phase, ProgressEvent, event
-from binderbuild.http import HttpClient
+from binderbuild.http import HttpClient, HttpResponse
 from binderbuild.hub_client import HubClient, RetryPolicy, hub_reason, server_path, user_path
 from binderbuild.launcher import Launcher
 from binderbuild.models import LaunchRequest, LaunchResult
@@ -135,6 +139,10 @@ class _Traces:
     user: bool = False  # a temporary user (anonymous)
     server: bool = False  # a server requested for a real user (authenticated)
     token_id: str = ""  # the launch token of a real user
+    # POSTs the hub has not answered yet (it may be frozen): the cleanup
+    # waits for them, or a request still queued in the hub's socket would
+    # create again what the cleanup removed.
+    inflight: set[asyncio.Task[HttpResponse]] = field(default_factory=set)
 
     @property
     def any(self) -> bool:
@@ -167,7 +175,21 @@ class HubLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
         help="Seconds a launch may take in total, from the quota check to the server "
         "being ready. A launch that takes longer fails and is cleaned up.",
     )
-    request_timeout = Float(20.0, config=True, help="Seconds a single hub API request may take.")
+    request_timeout = Float(
+        20.0,
+        config=True,
+        help="Seconds a single hub API request may take (cut to the time left of its "
+        "operation, see hub_unresponsive_timeout).",
+    )
+    hub_unresponsive_timeout = Float(
+        30.0,
+        config=True,
+        help="Seconds a hub that is down or hung (accepts connections, answers nothing) "
+        "may keep one launch step waiting, retries included; then the launch fails "
+        "saying JupyterHub did not answer. Also how long a server's progress stream may "
+        "stay silent (the hub sends a keepalive every 8 s) before the hub is asked "
+        "whether it is alive.",
+    )
     cleanup_timeout = Float(
         3600.0,
         config=True,
@@ -214,12 +236,15 @@ class HubLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
             )
         self.providers = dict(providers or {})
         self._stream_http = HttpClient(user_agent=http.user_agent, max_clients=1000)
+        self._stream_http.observers = http.observers  # the same metrics
         self.hub = HubClient(
             http,
             self.settings.api_url,
             self.settings.hub_api_token,
             retry=RetryPolicy(self.retries, self.retry_delay, self.retry_delay_max),
             request_timeout=self.request_timeout,
+            unresponsive_timeout=self.hub_unresponsive_timeout,
+            linger_timeout=self.cleanup_timeout,
             stream_http=self._stream_http,
         )
         self.quota = LaunchQuota(self._make_counter(), self.settings.pod_quota)
@@ -275,7 +300,8 @@ class HubLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
         return self.quota
 
     async def check(self) -> dict[str, Any]:
-        resp = await self.hub.call("GET", "", attempts=1, deadline=time.monotonic() + 5)
+        deadline = time.monotonic() + min(4.5, self.hub_unresponsive_timeout)
+        resp = await self.hub.call("GET", "", attempts=1, deadline=deadline)
         if resp.status != 200:
             raise HubError(f"JupyterHub answered {resp.status}: {hub_reason(resp)}")
         info: dict[str, Any] = {"version": resp.json().get("version", "")}
@@ -290,6 +316,7 @@ class HubLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
             await asyncio.wait(list(self._cleanups), timeout=5)
             for task in list(self._cleanups):
                 task.cancel()
+        await self.hub.close()
         await self.quota.close()
         self._stream_http.close()
 
@@ -344,7 +371,7 @@ class HubLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
                     await self._create_user(plan, deadline, traces)
                 else:
                     await self._check_user_servers(plan, deadline)
-                token, token_id = await self._create_token(plan, deadline)
+                token, token_id = await self._create_token(plan, deadline, traces)
                 if not plan.anonymous:
                     # Tokens of temporary users go with the user.
                     traces.token_id = token_id
@@ -356,7 +383,11 @@ class HubLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
                         last_message[0] = message
                         emit(event(Phase.LAUNCHING, message + "\n"))
 
-                ready = await self._follow(plan, relay, deadline)
+                async def request_again() -> None:
+                    relay({"message": "JupyterHub lost the starting server; asking again"})
+                    await self._start_server(plan, request, token, deadline, traces)
+
+                ready = await self._follow(plan, relay, deadline, request_again)
             url = urljoin(self.settings.hub_url, ready.get("url") or self._server_url_path(plan))
             reservation.succeeded()
             self.log.info(
@@ -375,6 +406,8 @@ class HubLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
             )
             self._after_failure(plan, traces, reservation)
         except asyncio.CancelledError:
+            if plan is not None:
+                self.log.info("launch of %s as %s abandoned", request.image, plan.full_name)
             self._after_failure(plan, traces, reservation)
             raise
         except BinderBuildError as exc:
@@ -395,7 +428,11 @@ class HubLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
         # restart) may still have created the user.
         traces.user = True
         resp = await self.hub.call(
-            "POST", user_path(plan.user), deadline=deadline, conflict_ok_on_retry=True
+            "POST",
+            user_path(plan.user),
+            deadline=deadline,
+            conflict_ok_on_retry=True,
+            inflight=traces.inflight,
         )
         if resp.status == 409:
             # A fresh random name that already exists (on the first attempt):
@@ -422,7 +459,9 @@ class HubLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
                 "Stop one before launching another."
             )
 
-    async def _create_token(self, plan: _Plan, deadline: float) -> tuple[str, str]:
+    async def _create_token(
+        self, plan: _Plan, deadline: float, traces: _Traces
+    ) -> tuple[str, str]:
         # A hub token of the launch's user that can access only this server:
         # jupyterhub-singleuser accepts it, and it dies with the temporary user.
         body: dict[str, Any] = {
@@ -432,7 +471,11 @@ class HubLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
         if self.token_expires_in > 0:
             body["expires_in"] = self.token_expires_in
         resp = await self.hub.call(
-            "POST", f"{user_path(plan.user)}/tokens", json_body=body, deadline=deadline
+            "POST",
+            f"{user_path(plan.user)}/tokens",
+            json_body=body,
+            deadline=deadline,
+            inflight=traces.inflight,
         )
         if resp.status not in (200, 201):
             raise HubError(f"JupyterHub refused to create a server token: {hub_reason(resp)}")
@@ -468,6 +511,7 @@ class HubLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
             deadline=deadline,
             conflict_ok_on_retry=True,
             retry_500=False,
+            inflight=traces.inflight,
         )
         if resp.status in (200, 201, 202):
             return
@@ -485,47 +529,87 @@ class HubLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
         raise LaunchFailed(f"Could not start the server: {reason}")
 
     async def _follow(
-        self, plan: _Plan, relay: Callable[[dict[str, Any]], None], deadline: float
+        self,
+        plan: _Plan,
+        relay: Callable[[dict[str, Any]], None],
+        deadline: float,
+        request_again: Callable[[], Awaitable[None]],
     ) -> dict[str, Any]:
+        """Follow the spawn until the server is ready, and make sure it is.
+
+        A hub that restarts cancels its pending spawns (the stream is cut,
+        then the progress answers 404 or "Spawn cancelled"): the server is
+        then requested again, once. ``ready`` is returned only when the
+        hub's model of the server says ready and not pending (a server
+        that is being stopped is not ready).
+        """
         path = server_path(plan.user, plan.server_name) + "/progress"
-        looked_again = False
+        asked_again = False
         not_starting = 0
         while True:
             outcome = await self.hub.follow_progress(path, relay, deadline=deadline)
             final = outcome.final
-            if final is not None and final.get("ready"):
-                return final
-            if final is not None:
-                reason = str(final.get("message") or "the hub gave no reason")
-                if "cancel" in reason.lower() and not await self._hub_answers():
-                    # A hub shutting down cancels every pending spawn.
-                    raise HubError(f"JupyterHub stopped while the server was starting ({reason}).")
-                raise LaunchFailed(f"Could not start the server: {reason}")
-            if outcome.status in (200, 0) and not looked_again:
-                # The stream ended early (hub restart, network): ask once more.
-                looked_again = True
-                continue
-            if outcome.status == 400 and not_starting < 20:
+            reason = ""
+            if final is not None and not final.get("ready"):
+                reason = str(final.get("message") or "")
+                if "cancel" not in reason.lower():
+                    why = reason or "the hub gave no reason"
+                    raise LaunchFailed(f"Could not start the server: {why}")
+            elif final is None and outcome.status == 400 and not_starting < 20:
                 # "not starting": a spawn that failed at once is still being
                 # stopped by the hub, and its reason is only on the progress
                 # stream once that is done. Ask again shortly.
                 not_starting += 1
                 await asyncio.sleep(0.25)
                 continue
-            # No progress to follow: the server is either up already or gone.
-            model = await self.hub.get_json(user_path(plan.user), deadline)
-            server = (model.get("servers") or {}).get(plan.server_name)
-            if server and server.get("ready"):
-                return {"url": server.get("url")}
-            why = outcome.error or outcome.cut or "the server is no longer starting"
+            state, server = await self._server_state(plan, deadline)
+            if state == "ready":
+                return {**(final or {}), "url": (final or {}).get("url") or server.get("url")}
+            if state == "spawn":
+                await asyncio.sleep(0.25)
+                continue  # a spawn is pending (again): follow it
+            if state == "stop":
+                await asyncio.sleep(0.5)  # being stopped: look again once it is gone
+                continue
+            # No server. A restart (or anything that cancelled or lost the
+            # spawn, as opposed to a spawn that failed) gets one more try.
+            lost = bool(reason) or outcome.status in (0, 200, 404)
+            if lost and not asked_again and state == "gone":
+                asked_again = True
+                self.log.info(
+                    "server of %s is gone (%s); requesting it again",
+                    plan.full_name,
+                    reason or outcome.cut or outcome.error or f"progress {outcome.status}",
+                )
+                await request_again()
+                continue
+            if state == "no user":
+                raise LaunchFailed(
+                    "Could not start the server: its JupyterHub user was removed while it started."
+                )
+            why = reason or outcome.error or outcome.cut or "the server is no longer starting"
             raise LaunchFailed(f"Could not start the server: {why}.")
 
-    async def _hub_answers(self) -> bool:
-        try:
-            resp = await self.hub.call("GET", "", attempts=1, deadline=time.monotonic() + 2)
-        except HubError:
-            return False
-        return resp.status == 200
+    async def _server_state(self, plan: _Plan, deadline: float) -> tuple[str, dict[str, Any]]:
+        """The launch's server as the hub sees it: "ready", "spawn" (pending
+        start), "stop" (pending stop), "gone" (no such server) or "no user"."""
+        resp = await self.hub.call("GET", user_path(plan.user), deadline=deadline)
+        if resp.status == 404:
+            return "no user", {}
+        if resp.status != 200:
+            raise HubError(f"JupyterHub refused GET {user_path(plan.user)}: {hub_reason(resp)}")
+        model = resp.json() or {}
+        server = (model.get("servers") or {}).get(plan.server_name)
+        if not isinstance(server, dict) or server.get("stopped"):
+            return "gone", {}
+        pending = server.get("pending")
+        if pending == "stop":
+            return "stop", server
+        if pending:
+            return "spawn", server
+        if server.get("ready"):
+            return "ready", server
+        return "gone", server
 
     # --- leaving nothing behind ---------------------------------------------------
 
@@ -549,6 +633,15 @@ class HubLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
     async def _cleanup(self, plan: _Plan, traces: _Traces) -> None:
         deadline = time.monotonic() + self.cleanup_timeout
         delay = self.retry_delay
+        if traces.inflight:
+            # Removing first would lose to a request the hub has not handled
+            # yet (a frozen hub runs what is queued in its socket on resume).
+            self.log.info(
+                "cleanup of %s waits for %d unanswered hub request(s)",
+                plan.full_name,
+                len(traces.inflight),
+            )
+            await asyncio.wait(list(traces.inflight), timeout=self.cleanup_timeout)
         while True:
             try:
                 if await self._remove(plan, deadline, traces):

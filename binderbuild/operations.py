@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import tornado.escape
+import tornado.log
 import tornado.web
 from tornado import httputil
 from traitlets.config import Configurable
@@ -131,6 +132,21 @@ class BinderBuildWebApp(tornado.web.Application):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.add_transform(_RequestIdTransform)
+
+    def log_request(self, handler: tornado.web.RequestHandler) -> None:
+        # A 503 from /health reports a dependency that is down (its answer,
+        # not a failure of this service): WARNING, as Tornado logs a 4xx.
+        # Every other answer is logged as Tornado does.
+        status = handler.get_status()
+        if status != 503 or not handler.request.path.endswith("/health"):
+            super().log_request(handler)
+            return
+        tornado.log.access_log.warning(
+            "%d %s %.2fms",
+            status,
+            handler._request_summary(),
+            1000.0 * handler.request.request_time(),
+        )
 
     def find_handler(
         self, request: httputil.HTTPServerRequest, **kwargs: Any
