@@ -10,6 +10,12 @@ with ``_preload_content=False``: the response is read here, so
 * HTTP statuses come back as values and are translated in one place: 404 and
   409 are answers (``None``/``False``), 410 is ``ResourceExpired`` (relist),
   anything else is ``BuildBackendError`` with the API's own message;
+* 429, 500, 503 and 504 are retried, as the API conventions ask ("HTTP
+  Status codes": wait at least ``Retry-After``; otherwise back off
+  exponentially), for at most ``retry_deadline`` seconds per call. A wait
+  that would end past the deadline is not started: the call fails at once,
+  naming the status and the wait asked for. Other errors (400, 403, 422
+  ...) are never retried: "Do not retry. Fix the request.";
 * streamed bodies (watches, logs) are split into lines here, with no line
   length limit from aiohttp's ``readline`` (a repo2docker JSON log line can
   be longer than its 64 KiB buffer).
@@ -20,6 +26,7 @@ The response objects used are aiohttp's: ``status``, ``reason``,
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -32,6 +39,20 @@ from binderbuild.errors import BuildBackendError, ResourceExpired
 log = logging.getLogger("binderbuild.k8s")
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+class StreamStalled(BuildBackendError):
+    """A streamed response sent nothing for longer than its read timeout. The
+    connection may be half-open (a control-plane upgrade, a load balancer
+    that dropped the flow, a lost node) or the stream merely quiet: the
+    caller decides, from the pod's status, whether to read again."""
+
+
+# Answers worth repeating the request for (API conventions, "HTTP Status
+# codes"): too many requests, an internal error or an unavailable or
+# timed-out server. A create answered 500/504 may have happened anyway: the
+# retry then gets 409, which the builder reads by the pod's owner.
+RETRY_STATUSES = frozenset({429, 500, 503, 504})
 
 # A log line longer than this is cut: one runaway line (a progress bar
 # without newlines) must not hold megabytes in the service.
@@ -94,22 +115,32 @@ class PodAPI:
     """Pod calls on one ``CoreV1Api``-like object, JSON in and out."""
 
     def __init__(
-        self, core: Any, *, request_timeout: float = 30.0, max_line_bytes: int = MAX_LINE_BYTES
+        self,
+        core: Any,
+        *,
+        request_timeout: float = 30.0,
+        max_line_bytes: int = MAX_LINE_BYTES,
+        retry_deadline: float = 30.0,
+        retry_backoff: float = 0.25,
+        max_retry_wait: float = 10.0,
     ) -> None:
         self.core = core
         self.request_timeout = request_timeout
         self.max_line_bytes = max_line_bytes
+        self.retry_deadline = retry_deadline
+        self.retry_backoff = retry_backoff
+        self.max_retry_wait = max_retry_wait
 
     # --- single requests ---------------------------------------------------
 
     async def create_pod(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
         """The created pod, or None when a pod of that name already exists."""
-        resp = await self._call("create_namespaced_pod", namespace, dict(body))
+        resp = await self._request("create pod", "create_namespaced_pod", namespace, dict(body))
         data = await self._json(resp, "create pod", ok_missing=False, ok_conflict=True)
         return data
 
     async def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
-        resp = await self._call("read_namespaced_pod", name, namespace)
+        resp = await self._request(f"read pod {name}", "read_namespaced_pod", name, namespace)
         return await self._json(resp, f"read pod {name}", ok_missing=True)
 
     async def delete_pod(
@@ -124,8 +155,13 @@ class PodAPI:
         body: dict[str, Any] = {"gracePeriodSeconds": grace_seconds}
         if uid:
             body["preconditions"] = {"uid": uid}
-        resp = await self._call(
-            "delete_namespaced_pod", name, namespace, body=body, grace_period_seconds=grace_seconds
+        resp = await self._request(
+            f"delete pod {name}",
+            "delete_namespaced_pod",
+            name,
+            namespace,
+            body=body,
+            grace_period_seconds=grace_seconds,
         )
         data = await self._json(resp, f"delete pod {name}", ok_missing=True, ok_conflict=True)
         return data is not None
@@ -134,7 +170,9 @@ class PodAPI:
         self, namespace: str, label_selector: str
     ) -> tuple[list[dict[str, Any]], str]:
         """(pods, resourceVersion of the list)."""
-        resp = await self._call("list_namespaced_pod", namespace, label_selector=label_selector)
+        resp = await self._request(
+            "list pods", "list_namespaced_pod", namespace, label_selector=label_selector
+        )
         data = await self._json(resp, "list pods", ok_missing=False) or {}
         items = [item for item in data.get("items") or [] if isinstance(item, dict)]
         version = str((data.get("metadata") or {}).get("resourceVersion") or "")
@@ -164,7 +202,7 @@ class PodAPI:
         }
         if resource_version:
             kwargs["resource_version"] = resource_version
-        resp = await self._call("list_namespaced_pod", namespace, **kwargs)
+        resp = await self._request("watch pods", "list_namespaced_pod", namespace, **kwargs)
         try:
             await self._raise_for_status(resp, "watch pods")
             async for line in _lines(resp, self.max_line_bytes):
@@ -199,28 +237,33 @@ class PodAPI:
         timestamps: bool = True,
         tail_lines: int | None = None,
         since_seconds: int | None = None,
+        read_timeout: float | None = None,
     ) -> AsyncIterator[str]:
         """Yield the container's log lines (without newline) until it ends.
 
         Raises ``BuildBackendError`` when the log cannot be opened or the
-        stream breaks; the caller decides whether to resume.
+        stream breaks, and ``StreamStalled`` when nothing arrives for
+        ``read_timeout`` seconds; the caller decides whether to resume.
         """
         kwargs: dict[str, Any] = {
             "container": container,
             "follow": follow,
             "timestamps": timestamps,
-            # A build step may print nothing for many minutes; the build's idle
-            # timeout (BuildManager) is what limits silence, not this read.
-            "_request_timeout": (self.request_timeout, None),
+            # Without a read timeout a half-open connection is read forever.
+            # A quiet build step also trips it: the caller reads again from
+            # the last line seen, which costs one request.
+            "_request_timeout": (self.request_timeout, read_timeout),
         }
         if tail_lines is not None:
             kwargs["tail_lines"] = tail_lines
         if since_seconds is not None:
             kwargs["since_seconds"] = since_seconds
-        resp = await self._call("read_namespaced_pod_log", name, namespace, **kwargs)
+        resp = await self._request(
+            f"read log of pod {name}", "read_namespaced_pod_log", name, namespace, **kwargs
+        )
         try:
             await self._raise_for_status(resp, f"read log of pod {name}")
-            async for line in _lines(resp, self.max_line_bytes):
+            async for line in _lines(resp, self.max_line_bytes, read_timeout):
                 yield line
         finally:
             resp.close()
@@ -240,6 +283,41 @@ class PodAPI:
             raise BuildBackendError(
                 f"Kubernetes API {method} failed: {type(exc).__name__}: {exc}"
             ) from None
+
+    async def _request(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``_call``, repeated while the answer is 429/500/503/504 and the
+        wait (Retry-After, else exponential backoff) ends within
+        ``retry_deadline``. Raises ``BuildBackendError`` when it gives up."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        tries = 0
+        while True:
+            resp = await self._call(method, *args, **kwargs)
+            tries += 1
+            status = int(resp.status)
+            if status not in RETRY_STATUSES:
+                return resp
+            try:
+                body = await resp.read()
+            except Exception:
+                body = b""
+            finally:
+                resp.close()
+            asked = retry_after(getattr(resp, "headers", None), body)
+            backoff = min(self.retry_backoff * 2.0 ** (tries - 1), self.max_retry_wait)
+            wait = max(asked or 0.0, backoff)
+            elapsed = loop.time() - started
+            if elapsed + wait > self.retry_deadline:
+                error = _status_error(what, status, getattr(resp, "reason", ""), body)
+                parts = [f"retried {tries - 1} times in {elapsed:.1f} s"] if tries > 1 else []
+                if asked is not None:
+                    parts.append(f"the server asked for Retry-After {asked:g} s")
+                parts.append(
+                    f"waiting more would pass the retry deadline of {self.retry_deadline:g} s"
+                )
+                raise BuildBackendError(f"{error.message} ({'; '.join(parts)})")
+            log.info("Kubernetes API: %s answered HTTP %s; retrying in %.2f s", what, status, wait)
+            await asyncio.sleep(wait)
 
     async def _json(
         self, resp: Any, what: str, *, ok_missing: bool, ok_conflict: bool = False
@@ -274,19 +352,57 @@ class PodAPI:
         raise _status_error(what, status, getattr(resp, "reason", ""), body)
 
 
+def retry_after(headers: Mapping[str, str] | None, body: bytes) -> float | None:
+    """Seconds the server asked to wait: the Retry-After header (seconds), or
+    the Status object's details.retryAfterSeconds. The header wins (API
+    conventions, "Response Status Kind")."""
+    value = (headers or {}).get("Retry-After")
+    if value is not None:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            pass  # an HTTP date: kube-apiserver sends seconds; fall back to the body
+    try:
+        data = json.loads(body or b"{}")
+    except ValueError:
+        return None
+    seconds = ((data.get("details") or {}) if isinstance(data, dict) else {}).get(
+        "retryAfterSeconds"
+    )
+    return float(seconds) if isinstance(seconds, int | float) and seconds >= 0 else None
+
+
 def _status_error(what: str, status: int, reason: str, body: bytes) -> BuildBackendError:
     message = ""
+    causes: list[str] = []
     try:
         data = json.loads(body)
         if isinstance(data, dict):
             message = str(data.get("message") or data.get("reason") or "")
+            for cause in (data.get("details") or {}).get("causes") or []:
+                if isinstance(cause, dict):
+                    text = ": ".join(str(cause[k]) for k in ("field", "message") if cause.get(k))
+                    if text and text not in message:
+                        causes.append(text)
     except ValueError:
         message = body[:200].decode(errors="replace")
+    if causes:
+        message += (" (" if message else "(") + "; ".join(causes) + ")"
     hint = ""
-    if status in (401, 403):
+    creating = what == "create pod"
+    if status == 401 or (status == 403 and (" cannot " in message or not creating)):
         # The usual cause: the chart's Role was not installed or names another
         # namespace than KubernetesBuilder.build_namespace.
         hint = " (check the service account's Role for pods in this namespace)"
+    elif creating and status in (403, 422):
+        # Allowed by RBAC, refused by admission: a ResourceQuota, LimitRange,
+        # Pod Security admission or a validating webhook, or an invalid pod.
+        return BuildBackendError(
+            f"The cluster refused the build pod (HTTP {status}): {message or reason}. "
+            "An admission policy of the namespace (ResourceQuota, LimitRange, Pod "
+            "Security admission, a webhook) or the pod's settings are at fault: "
+            "see docs/kubernetes.md."
+        )
     return BuildBackendError(
         f"Kubernetes API: {what}: HTTP {status} {reason or ''}".rstrip()
         + (f": {message}" if message else "")
@@ -294,15 +410,26 @@ def _status_error(what: str, status: int, reason: str, body: bytes) -> BuildBack
     )
 
 
-async def _lines(resp: Any, max_line: int) -> AsyncIterator[str]:
-    """Split a streamed body into lines; cut (not fail) overlong lines."""
+async def _lines(resp: Any, max_line: int, read_timeout: float | None = None) -> AsyncIterator[str]:
+    """Split a streamed body into lines; cut (not fail) overlong lines.
+
+    ``read_timeout`` is enforced here as well as by the client (aiohttp's
+    ``sock_read``), so it holds whatever the response object is."""
     buffer = b""
     skipping = False  # inside an overlong line whose start was already yielded
     while True:
         try:
-            chunk = await resp.content.readany()
+            async with asyncio.timeout(read_timeout):
+                chunk = await resp.content.readany()
         except BuildBackendError:
             raise
+        except TimeoutError:
+            # aiohttp's ServerTimeoutError is a TimeoutError too.
+            raise StreamStalled(
+                f"Kubernetes API stream sent nothing for {read_timeout:g} s"
+                if read_timeout
+                else "Kubernetes API stream timed out"
+            ) from None
         except Exception as exc:
             raise BuildBackendError(
                 f"Kubernetes API stream broke: {type(exc).__name__}: {exc}"

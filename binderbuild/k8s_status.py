@@ -29,9 +29,7 @@ PENDING = "Pending"
 
 # Waiting reasons that will not fix themselves while a user waits: the
 # builder image cannot be pulled or the pod references something missing
-# (usually the push Secret). ErrImagePull is left out on purpose: it is the
-# first, possibly transient, attempt; the kubelet turns a persistent failure
-# into ImagePullBackOff.
+# (usually the push Secret).
 FATAL_WAITING_REASONS = frozenset(
     {
         "ImagePullBackOff",
@@ -42,7 +40,14 @@ FATAL_WAITING_REASONS = frozenset(
         "RunContainerError",
     }
 )
-IMAGE_PULL_REASONS = frozenset({"ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
+# A failed pull. Often final (no such image, no access), sometimes a registry
+# hiccup that the next attempt survives; the kubelet alternates it with
+# ImagePullBackOff while it retries. The builder treats it as fatal once it
+# has lasted a short grace (``pending_problem(..., pull_errors=True)``).
+PULL_ERROR = "ErrImagePull"
+IMAGE_PULL_REASONS = frozenset(
+    {"ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", PULL_ERROR}
+)
 
 # RFC 3339 as the API server and kubelet write it: optional fraction of up
 # to nine digits (RFC3339Nano trims trailing zeros, so the width varies).
@@ -148,12 +153,27 @@ def failure_reason(pod: Pod, container: str | None = None) -> str:
     return f"The build pod ended in phase {phase(pod)}."
 
 
-def pending_problem(pod: Pod, container: str | None = None) -> str | None:
-    """A reason when a not-yet-started pod can never start on its own."""
+def waiting_reason(pod: Pod, container: str | None = None) -> str:
+    state = container_status(pod, container).get("state") or {}
+    return str((state.get("waiting") or {}).get("reason") or "")
+
+
+def is_pull_error(pod: Pod, container: str | None = None) -> bool:
+    """The container waits after a failed pull that may or may not be final."""
+    return waiting_reason(pod, container) == PULL_ERROR
+
+
+def pending_problem(
+    pod: Pod, container: str | None = None, *, pull_errors: bool = False
+) -> str | None:
+    """A reason when a not-yet-started pod can never start on its own.
+
+    ``pull_errors``: count ``ErrImagePull`` as fatal too (the caller has seen
+    it last long enough)."""
     state = container_status(pod, container).get("state") or {}
     waiting = state.get("waiting") or {}
     reason = waiting.get("reason") or ""
-    if reason not in FATAL_WAITING_REASONS:
+    if reason not in FATAL_WAITING_REASONS and not (pull_errors and reason == PULL_ERROR):
         return None
     message = (waiting.get("message") or "").strip()
     if reason in IMAGE_PULL_REASONS:
@@ -175,6 +195,34 @@ def pending_message(pod: Pod) -> str:
     if node:
         return f"Build pod scheduled on {node}; starting the builder."
     return "Build pod created; waiting for it to be scheduled."
+
+
+def unschedulable_reason(pod: Pod) -> str:
+    """The scheduler's words when it cannot place the pod, e.g.
+    "Unschedulable: 0/3 nodes are available: 3 Insufficient memory."; "" otherwise."""
+    for condition in (pod.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            reason = str(condition.get("reason") or "").strip()
+            message = str(condition.get("message") or "").strip()
+            return ": ".join(part for part in (reason, message) if part)
+    return ""
+
+
+def pending_timeout_reason(pod: Pod, seconds: float, container: str | None = None) -> str:
+    """Why a pod still pending at its deadline failed, with what held it up."""
+    limit = f"{seconds:g} seconds"
+    node = (pod.get("spec") or {}).get("nodeName")
+    if not node:
+        why = unschedulable_reason(pod)
+        return f"The build pod was not scheduled within {limit}" + (f": {why}" if why else ".")
+    state = container_status(pod, container).get("state") or {}
+    waiting = state.get("waiting") or {}
+    reason = str(waiting.get("reason") or "").strip()
+    message = str(waiting.get("message") or "").strip()
+    detail = ": ".join(part for part in (reason, message) if part)
+    return f"The build pod did not start within {limit} on node {node}" + (
+        f" ({detail})." if detail else "."
+    )
 
 
 def parse_timestamp(text: str) -> tuple[int, int] | None:

@@ -22,16 +22,44 @@ for backends that are not installed as a package.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from traitlets.config import LoggingConfigurable
 
 from binderbuild.events import ProgressEvent
-from binderbuild.models import BuildJob
+from binderbuild.models import BuildJob, ResolvedRef
 from binderbuild.netsafety import AllowRule
 from binderbuild.secrets import Scrubber
+
+
+@dataclass(frozen=True)
+class ExternalBuild:
+    """A build that ended without this process's ``BuildManager`` running it:
+    e.g. a build pod left by a replica that died, which ``KubernetesBuilder``
+    adopted and followed to its end. Reported once, when it has an outcome,
+    to ``BuildResources.on_external_build``.
+
+    ``id`` is stable for the build (from the pod's uid), so two replicas
+    reporting the same build make one record. ``ref.spec`` is "" when the
+    build did not carry its spec (pods made by older versions).
+    ``failure``/``failure_type`` are the message and stable error code, as
+    ``BuildRecord`` has them; both None when it succeeded. ``events`` is its
+    log (scrubbed), ending with the final ``built`` or ``failed`` event.
+    """
+
+    id: str
+    ref: ResolvedRef
+    image: str
+    build_name: str
+    succeeded: bool
+    failure: str | None
+    failure_type: str | None
+    created: float  # unix time
+    started: float | None
+    finished: float
+    events: tuple[ProgressEvent, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -53,6 +81,11 @@ class BuildResources:
     # (BinderBuild.allowed_internal_networks): the same for providers and builds.
     allowed_internal_networks: Sequence[AllowRule] = ()
     docker_client: Any = None
+    # Called with every build the backend saw end that the BuildManager did
+    # not run (ExternalBuild), e.g. adopted build pods; the composition root
+    # passes the build history's recorder. Hooks must not block or raise
+    # (a raising hook is logged and skipped).
+    on_external_build: Sequence[Callable[[ExternalBuild], None]] = ()
 
 
 class Builder(LoggingConfigurable):

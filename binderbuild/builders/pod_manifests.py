@@ -16,7 +16,9 @@ What a build pod is, and why:
   more API rights and another object to clean up).
 * **The node's build daemon, not the host's Docker**: the socket directory
   of the builder DaemonSet (``docker_socket``, default
-  ``/var/run/binderbuild-dind/docker.sock``) is mounted from the node. The
+  ``/var/run/binderbuild-dind/<namespace>/<instance>/docker.sock``, the
+  chart's layout, so two releases on one node never share a daemon) is
+  mounted from the node. The
   directory, not the socket file, because a restarted daemon makes a new
   socket inode that a file mount would not see. Whoever can reach that
   socket controls that daemon, which is why it is a separate daemon with no
@@ -36,14 +38,17 @@ What a build pod is, and why:
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
+import json
 import posixpath
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from binderbuild.builders.r2d_command import repo2docker_argv, repo2docker_config_text
-from binderbuild.models import BuildJob
+from binderbuild.models import BuildJob, ResolvedRef
 
 # --- labels and annotations ------------------------------------------------
 
@@ -59,8 +64,34 @@ ANNOTATION_REPO = "binderbuild/repo-url"
 ANNOTATION_REF = "binderbuild/ref"
 ANNOTATION_IMAGE = "binderbuild/image"
 ANNOTATION_PROVIDER = "binderbuild/provider"
+# "<namespace>/<pod name>/<process id>" of the replica that created the pod:
+# only it deletes the pod when its build is cancelled, and other replicas
+# adopt the pod once that replica is gone.
+ANNOTATION_OWNER = "binderbuild/owner"
+# The whole ResolvedRef as JSON: enough for whoever adopts the pod to record
+# the build in history under its repository (ref_from_annotations).
+ANNOTATION_RESOLVED_REF = "binderbuild/resolved-ref"
+
+# The builder DaemonSet's directories on the node are
+# <root>/<namespace>/<release> (helm/binderbuild/templates/_helpers.tpl).
+HOST_SOCKET_ROOT = "/var/run/binderbuild-dind"
 
 CONTAINER_NAME = "builder"
+
+# Zero to JupyterHub's dedicated user nodes: its user node pool is tainted
+# hub.jupyter.org/dedicated=user:NoSchedule, or hub.jupyter.org_dedicated
+# where the provider refuses "/" in taint keys (GKE node pools did), and
+# labelled hub.jupyter.org/node-purpose=user. Its own user pods tolerate both
+# spellings; build pods do with BuildPodConfig.user_nodes.
+Z2JH_USER_TOLERATIONS: tuple[Mapping[str, str], ...] = tuple(
+    {"key": key, "operator": "Equal", "value": "user", "effect": "NoSchedule"}
+    for key in ("hub.jupyter.org/dedicated", "hub.jupyter.org_dedicated")
+)
+Z2JH_NODE_PURPOSE = {"key": "hub.jupyter.org/node-purpose", "operator": "In", "values": ["user"]}
+# "": stay off user nodes (their taint keeps builds away); "tolerate": may run
+# there; "prefer": prefer them (weighted like Z2JH's matchNodePurpose=prefer);
+# "require": only there.
+USER_NODES_MODES = ("", "tolerate", "prefer", "require")
 
 # Where things are inside the build container.
 SOCKET_MOUNT_DIR = "/var/run/binderbuild-docker"
@@ -111,7 +142,10 @@ class BuildPodConfig:
     image_pull_secrets: tuple[str, ...] = ()
     node_selector: Mapping[str, str] = field(default_factory=dict)
     tolerations: tuple[Mapping[str, Any], ...] = ()
-    docker_socket: str = "/var/run/binderbuild-dind/docker.sock"  # path on the node
+    # A Kubernetes NodeAffinity object; sticky builds and user_nodes add to it.
+    node_affinity: Mapping[str, Any] = field(default_factory=dict)
+    user_nodes: str = ""  # one of USER_NODES_MODES
+    docker_socket: str = ""  # path on the node; "": default_docker_socket()
     docker_socket_gid: int = 2375
     build_network: str = "bridge"
     push_secret: str = ""
@@ -133,6 +167,42 @@ class BuildPodConfig:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     extra_labels: Mapping[str, str] = field(default_factory=dict)
     extra_annotations: Mapping[str, str] = field(default_factory=dict)
+    owner: str = ""  # ANNOTATION_OWNER; "" leaves it out
+
+    @property
+    def socket_path(self) -> str:
+        return self.docker_socket or default_docker_socket(self.namespace, self.instance)
+
+
+def default_docker_socket(namespace: str, instance: str) -> str:
+    """Where the chart's builder daemon for release ``instance`` in
+    ``namespace`` puts its socket on the node."""
+    return f"{HOST_SOCKET_ROOT}/{namespace}/{instance}/docker.sock"
+
+
+def ref_from_annotations(annotations: Mapping[str, str]) -> ResolvedRef:
+    """The build's ResolvedRef from its pod's annotations: exact from
+    ANNOTATION_RESOLVED_REF, else (pods of older versions) what the plain
+    annotations say, with an empty spec."""
+    try:
+        data = json.loads(annotations.get(ANNOTATION_RESOLVED_REF) or "")
+        known = {f.name for f in dataclasses.fields(ResolvedRef)}
+        if isinstance(data, dict):
+            return ResolvedRef(**{k: v for k, v in data.items() if k in known})
+    except (ValueError, TypeError):
+        pass
+    repo_url = str(annotations.get(ANNOTATION_REPO) or "")
+    resolved = str(annotations.get(ANNOTATION_REF) or "")
+    return ResolvedRef(
+        provider_id=str(annotations.get(ANNOTATION_PROVIDER) or ""),
+        spec="",
+        unresolved_ref=resolved,
+        resolved_ref=resolved,
+        resolved_spec="",
+        repo_url=repo_url,
+        ref_url="",
+        slug_source=repo_url,
+    )
 
 
 def build_labels(instance: str) -> dict[str, str]:
@@ -167,41 +237,82 @@ def rendezvous_rank(nodes: Iterable[str], key: str) -> list[str]:
     return sorted({n for n in nodes if n}, key=score, reverse=True)
 
 
+def build_tolerations(config: BuildPodConfig) -> list[dict[str, Any]]:
+    """The operator's tolerations, then Zero to JupyterHub's user-node
+    tolerations when ``user_nodes`` asks for them (each once)."""
+    tolerations = [dict(t) for t in config.tolerations]
+    if config.user_nodes:
+        tolerations += [dict(t) for t in Z2JH_USER_TOLERATIONS if dict(t) not in tolerations]
+    return tolerations
+
+
+def build_node_affinity(config: BuildPodConfig, preferred_node: str | None) -> dict[str, Any]:
+    """The operator's node affinity (copied, never changed in place), plus
+    the user-node preference or requirement and the sticky build's node."""
+    node: dict[str, Any] = copy.deepcopy(dict(config.node_affinity))
+    preferred: list[dict[str, Any]] = list(
+        node.get("preferredDuringSchedulingIgnoredDuringExecution") or []
+    )
+    if config.user_nodes == "prefer":
+        preferred.append(
+            {"weight": 100, "preference": {"matchExpressions": [dict(Z2JH_NODE_PURPOSE)]}}
+        )
+    elif config.user_nodes == "require":
+        required = node.get("requiredDuringSchedulingIgnoredDuringExecution") or {}
+        # Terms are alternatives, the expressions of a term all hold: the
+        # user-node expression joins every term (or makes the only one).
+        terms = [dict(t) for t in required.get("nodeSelectorTerms") or []] or [{}]
+        for term in terms:
+            term["matchExpressions"] = [
+                *(term.get("matchExpressions") or []),
+                dict(Z2JH_NODE_PURPOSE),
+            ]
+        node["requiredDuringSchedulingIgnoredDuringExecution"] = {
+            **required,
+            "nodeSelectorTerms": terms,
+        }
+    if preferred_node:
+        preferred.append(
+            {
+                "weight": 100,
+                "preference": {
+                    "matchExpressions": [
+                        {
+                            "key": "kubernetes.io/hostname",
+                            "operator": "In",
+                            "values": [preferred_node],
+                        }
+                    ]
+                },
+            }
+        )
+    if preferred:
+        node["preferredDuringSchedulingIgnoredDuringExecution"] = preferred
+    return node
+
+
 def build_affinity(config: BuildPodConfig, preferred_node: str | None) -> dict[str, Any]:
     """Sticky builds prefer one node; otherwise builds prefer to spread out,
-    so that concurrent builds do not compete for one node's daemon."""
+    so that concurrent builds do not compete for one node's daemon. Either
+    way within the nodes ``node_affinity`` and ``user_nodes`` allow."""
+    affinity: dict[str, Any] = {}
+    node = build_node_affinity(config, preferred_node)
+    if node:
+        affinity["nodeAffinity"] = node
     if preferred_node:
-        return {
-            "nodeAffinity": {
-                "preferredDuringSchedulingIgnoredDuringExecution": [
-                    {
-                        "weight": 100,
-                        "preference": {
-                            "matchExpressions": [
-                                {
-                                    "key": "kubernetes.io/hostname",
-                                    "operator": "In",
-                                    "values": [preferred_node],
-                                }
-                            ]
-                        },
-                    }
-                ]
+        return affinity
+    affinity["podAntiAffinity"] = {
+        "preferredDuringSchedulingIgnoredDuringExecution": [
+            {
+                "weight": 100,
+                "podAffinityTerm": {
+                    "topologyKey": "kubernetes.io/hostname",
+                    "labelSelector": {"matchLabels": build_labels(config.instance)},
+                },
             }
-        }
-    return {
-        "podAntiAffinity": {
-            "preferredDuringSchedulingIgnoredDuringExecution": [
-                {
-                    "weight": 100,
-                    "podAffinityTerm": {
-                        "topologyKey": "kubernetes.io/hostname",
-                        "labelSelector": {"matchLabels": build_labels(config.instance)},
-                    },
-                }
-            ]
-        }
+        ]
     }
+    return affinity
 
 
 def build_resources(config: BuildPodConfig) -> dict[str, Any]:
@@ -225,7 +336,7 @@ def build_resources(config: BuildPodConfig) -> dict[str, Any]:
 
 def build_env(job: BuildJob, config: BuildPodConfig) -> list[dict[str, Any]]:
     """Container environment: extra variables first, then ours, which win."""
-    socket_in_pod = posixpath.join(SOCKET_MOUNT_DIR, posixpath.basename(config.docker_socket))
+    socket_in_pod = posixpath.join(SOCKET_MOUNT_DIR, posixpath.basename(config.socket_path))
     values: dict[str, str] = {}
     for key, value in [*config.extra_env.items(), *job.extra_env]:
         if key not in RESERVED_ENV:
@@ -281,13 +392,18 @@ def build_pod_manifest(
     job: BuildJob, config: BuildPodConfig, *, preferred_node: str | None = None
 ) -> dict[str, Any]:
     """The build pod for ``job``. Raises ValueError for settings that cannot work."""
-    if not posixpath.isabs(config.docker_socket) or config.docker_socket.endswith("/"):
+    socket_path = config.socket_path
+    if not posixpath.isabs(socket_path) or socket_path.endswith("/"):
         raise ValueError(
-            f"docker_socket must be the absolute path of a socket on the node, "
-            f"not {config.docker_socket!r}"
+            f"docker_socket must be the absolute path of a socket on the node, not {socket_path!r}"
         )
     if config.pod_uid <= 0:
         raise ValueError("build pods never run as root: pod_uid must be positive")
+    if config.user_nodes not in USER_NODES_MODES:
+        raise ValueError(
+            f"user_nodes must be one of {', '.join(repr(m) for m in USER_NODES_MODES)}, "
+            f"not {config.user_nodes!r}"
+        )
     labels = {**config.extra_labels, **build_labels(config.instance), LABEL_MANAGED_BY: APP_NAME}
     annotations = {
         **config.extra_annotations,
@@ -296,11 +412,16 @@ def build_pod_manifest(
         ANNOTATION_IMAGE: job.image.name,
         ANNOTATION_PROVIDER: job.ref.provider_id,
     }
+    annotations[ANNOTATION_RESOLVED_REF] = json.dumps(
+        dataclasses.asdict(job.ref), separators=(",", ":"), sort_keys=True
+    )
+    if config.owner:
+        annotations[ANNOTATION_OWNER] = config.owner
     volumes: list[dict[str, Any]] = [
         {
             "name": "docker-socket",
             "hostPath": {
-                "path": posixpath.dirname(config.docker_socket),
+                "path": posixpath.dirname(socket_path),
                 # Created empty if the DaemonSet has not started on this node
                 # yet: the build then fails with "cannot reach the Docker
                 # daemon" instead of hanging in ContainerCreating.
@@ -355,8 +476,9 @@ def build_pod_manifest(
         spec["serviceAccountName"] = config.service_account
     if config.node_selector:
         spec["nodeSelector"] = dict(config.node_selector)
-    if config.tolerations:
-        spec["tolerations"] = [dict(t) for t in config.tolerations]
+    tolerations = build_tolerations(config)
+    if tolerations:
+        spec["tolerations"] = tolerations
     if config.image_pull_secrets:
         spec["imagePullSecrets"] = [{"name": name} for name in config.image_pull_secrets]
     if config.priority_class_name:

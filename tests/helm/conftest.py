@@ -22,6 +22,30 @@ GET_HELM = ROOT / "scripts" / "get-helm.sh"
 RELEASE = "rel"
 NAMESPACE = "binder"
 
+# The chart has no default images (binderbuild's images are not published:
+# operators build and push them, docs/kubernetes.md). Tests render as an
+# operator who did; tests of the refusal pass images=False.
+SERVICE_IMAGE = {"repository": "registry.example.org/binder/binderbuild", "tag": "0.1.0"}
+BUILDER_IMAGE = {"repository": "registry.example.org/binder/builder", "tag": "0.1.0"}
+IMAGE_VALUES: dict[str, Any] = {"image": SERVICE_IMAGE, "build": {"image": BUILDER_IMAGE}}
+IMAGE_SETS = [
+    f"--set=image.repository={SERVICE_IMAGE['repository']}",
+    f"--set=image.tag={SERVICE_IMAGE['tag']}",
+    f"--set=build.image.repository={BUILDER_IMAGE['repository']}",
+    f"--set=build.image.tag={BUILDER_IMAGE['tag']}",
+]
+
+
+def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` deep-merged onto ``base`` (as helm merges values files)."""
+    result = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merged(result[key], value)
+        else:
+            result[key] = value
+    return result
+
 
 @pytest.fixture(scope="session")
 def helm() -> str:
@@ -59,11 +83,19 @@ class Rendered(list):
 
 
 def run_helm(
-    helm: str, *args: str, values: dict[str, Any] | None = None, tmp: Path | None = None
+    helm: str,
+    *args: str,
+    values: dict[str, Any] | None = None,
+    tmp: Path | None = None,
+    images: bool = True,
 ) -> subprocess.CompletedProcess[str]:
+    """Run helm; with ``values``, the operator's images (IMAGE_VALUES) are
+    merged under them unless ``images`` is False."""
     argv = [helm, *args]
     if values is not None:
         assert tmp is not None
+        if images:
+            values = merged(IMAGE_VALUES, values)
         path = tmp / "values.json"  # JSON is YAML
         path.write_text(json.dumps(values))
         argv += ["--values", str(path)]
@@ -74,7 +106,7 @@ def run_helm(
 def render(helm: str, tmp_path: Path) -> Callable[..., Rendered]:
     """render(values) -> the rendered objects; a failure to render fails the test."""
 
-    def render(values: dict[str, Any] | None = None, *extra: str) -> Rendered:
+    def render(values: dict[str, Any] | None = None, *extra: str, images: bool = True) -> Rendered:
         result = run_helm(
             helm,
             "template",
@@ -85,6 +117,7 @@ def render(helm: str, tmp_path: Path) -> Callable[..., Rendered]:
             *extra,
             values=values or {},
             tmp=tmp_path,
+            images=images,
         )
         assert result.returncode == 0, result.stderr
         return Rendered(doc for doc in yaml.safe_load_all(result.stdout) if doc)

@@ -13,7 +13,7 @@ from traitlets.config import Application
 
 from binderbuild.builders import pod_manifests as pm
 from binderbuild.builders.kubernetes import KubernetesBuilder
-from tests.helm.conftest import CHART, NAMESPACE, RELEASE, run_helm
+from tests.helm.conftest import CHART, IMAGE_SETS, NAMESPACE, RELEASE, run_helm
 from tests.kubernetes import k8s_schema
 from tests.kubernetes.conftest import make_job
 from tests.kubernetes.fake_k8s import FakeCoreV1Api
@@ -23,7 +23,10 @@ FULLNAME = f"{RELEASE}-binderbuild"
 
 def test_lint(helm):
     result = subprocess.run(
-        [helm, "lint", "--strict", str(CHART)], capture_output=True, text=True, check=False
+        [helm, "lint", "--strict", str(CHART), *IMAGE_SETS],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     with_everything = subprocess.run(
@@ -32,6 +35,7 @@ def test_lint(helm):
             "lint",
             "--strict",
             str(CHART),
+            *IMAGE_SETS,
             "--set",
             "ingress.enabled=true",
             "--set",
@@ -290,7 +294,9 @@ def test_chart_and_builder_agree(render, tmp_path):
         == socket_volume["hostPath"]["path"]
         == "/var/run/bb-dind"
     )
-    assert "--host=unix:///var/run/bb-dind/docker.sock" in dind["args"]
+    # Inside its container the daemon sees that directory at a fixed, short path.
+    mounts = {m["name"]: m["mountPath"] for m in dind["volumeMounts"]}
+    assert "--host=unix://" + mounts["socket-dir"] + "/docker.sock" in dind["args"]
     assert f"--group={spec['securityContext']['supplementalGroups'][0]}" in dind["args"]
     assert spec["securityContext"]["supplementalGroups"] == [4242]
     # Build pods and the daemon land on the same nodes.
@@ -446,7 +452,7 @@ def test_deployment(render):
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] != 0
     (container,) = pod["containers"]
-    assert container["image"] == "binderbuild/binderbuild:0.1.0"
+    assert container["image"] == "registry.example.org/binder/binderbuild:0.1.0"
     assert container["securityContext"] == {
         "allowPrivilegeEscalation": False,
         "readOnlyRootFilesystem": True,
@@ -504,7 +510,10 @@ def test_builder_daemon(render):
         {"key": "b", "operator": "Exists"},
     ]
     host_paths = {v["hostPath"]["path"] for v in spec["volumes"]}
-    assert host_paths == {"/var/run/binderbuild-dind", "/var/lib/binderbuild-dind"}
+    assert host_paths == {
+        f"/var/run/binderbuild-dind/{NAMESPACE}/{RELEASE}",
+        f"/var/lib/binderbuild-dind/{NAMESPACE}/{RELEASE}",
+    }
     # Its own socket directory: never the node's Docker or container runtime.
     assert not host_paths & {
         "/var/run",

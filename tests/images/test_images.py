@@ -185,6 +185,8 @@ def pod_to_docker(
             env[item["name"]] = item["value"]
         elif source.get("fieldRef", {}).get("fieldPath") == "metadata.namespace":
             env[item["name"]] = namespace
+        elif source.get("fieldRef", {}).get("fieldPath") == "metadata.name":
+            env[item["name"]] = "binderbuild-test-pod"
         elif "secretKeyRef" in source:
             ref = source["secretKeyRef"]
             env[item["name"]] = secrets[ref["name"]][ref["key"]]
@@ -384,6 +386,9 @@ def test_service_image_runs_as_the_chart_deploys_it(
     repository, tag = service_image.rsplit(":", 1)
     values = {
         "image": {"repository": repository, "tag": tag},
+        # Required by the chart (binderbuild's images are not published);
+        # only named here: no build pod runs in this test.
+        "build": {"image": {"repository": f"{registry.host}/bbimg-builder", "tag": RUN_ID}},
         "registry": {"url": registry.url},
         "config": {
             "BinderBuild": {

@@ -78,6 +78,11 @@ def make_builder(api: Any, **traits: Any) -> KubernetesBuilder:
         "startup_timeout": 5.0,
         # Sweeps run only when a test calls cleanup_once().
         "build_cleanup_interval": 3600.0,
+        # Adopting other replicas' pods at start-up is tested on its own
+        # (test_resilience.py); elsewhere it would race with the test.
+        "adopt_orphaned_pods": False,
+        # API answers worth a retry (429/500/503/504) are retried this long.
+        "api_retry_deadline": 1.0,
     }
     settings.update(traits)
     for key, value in settings.items():

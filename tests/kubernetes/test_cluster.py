@@ -15,8 +15,20 @@ Environment (defaults in brackets):
                                   [https://github.com/binderhub-ci-repos/minimal-dockerfile]
     BINDERBUILD_TEST_REF          ref to build [HEAD]
 
-Images are not pushed (push=False): the image stays in the node's builder
-daemon, so no registry is needed.
+The push test (test_build_and_push_to_the_registry) needs a registry too,
+the one the release pushes to (its push Secret holds the credentials):
+    BINDERBUILD_TEST_REGISTRY_URL       registry API URL, e.g.
+                                        https://registry.example.org; unset:
+                                        the push test fails and says so
+    BINDERBUILD_TEST_IMAGE_PREFIX       where test images go
+                                        [<registry host>/binderbuild-test-]
+    BINDERBUILD_TEST_PUSH_SECRET        Secret with credentials.json
+                                        [<release>-binderbuild-push]
+    BINDERBUILD_TEST_REGISTRY_USERNAME  to check the pushed manifest as
+    BINDERBUILD_TEST_REGISTRY_PASSWORD  binderbuild does [anonymous]
+
+The other tests do not push (push=False): the image stays in the node's
+builder daemon.
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ import asyncio
 import logging
 import os
 import secrets
+from urllib.parse import urlsplit
 
 import pytest
 from traitlets.config import Config
@@ -32,8 +45,10 @@ from traitlets.config import Config
 from binderbuild import __version__
 from binderbuild.builders.kubernetes import KubernetesBuilder
 from binderbuild.events import Phase
+from binderbuild.http import HttpClient
 from binderbuild.k8s_api import PodAPI, close_core_api, make_core_api
 from binderbuild.models import BuildJob, ImageSpec
+from binderbuild.registry import RegistryClient
 from tests.kubernetes.conftest import Collector, make_ref, run, until
 
 pytestmark = pytest.mark.kubernetes
@@ -45,6 +60,12 @@ REPO = os.environ.get(
     "BINDERBUILD_TEST_REPO", "https://github.com/binderhub-ci-repos/minimal-dockerfile"
 )
 REF = os.environ.get("BINDERBUILD_TEST_REF", "HEAD")
+REGISTRY_URL = os.environ.get("BINDERBUILD_TEST_REGISTRY_URL", "").rstrip("/")
+IMAGE_PREFIX = os.environ.get(
+    "BINDERBUILD_TEST_IMAGE_PREFIX",
+    f"{urlsplit(REGISTRY_URL).netloc}/binderbuild-test-" if REGISTRY_URL else "",
+)
+PUSH_SECRET = os.environ.get("BINDERBUILD_TEST_PUSH_SECRET", f"{RELEASE}-binderbuild-push")
 
 
 @pytest.fixture(autouse=True)
@@ -55,25 +76,27 @@ def cluster() -> None:
         )
 
 
-def cluster_builder(core) -> KubernetesBuilder:
+def cluster_builder(core, **traits) -> KubernetesBuilder:
     config = Config()
     config.KubernetesBuilder.build_namespace = NAMESPACE
     config.KubernetesBuilder.instance_name = RELEASE
     config.KubernetesBuilder.build_image = BUILD_IMAGE
     config.KubernetesBuilder.build_service_account = f"{RELEASE}-binderbuild-build"
+    for key, value in traits.items():
+        config.KubernetesBuilder[key] = value
     return KubernetesBuilder(config=config, k8s_api=core, log=logging.getLogger("test.cluster"))
 
 
-def fresh_job() -> BuildJob:
+def fresh_job(prefix: str = "binderbuild-test/", push: bool = False) -> BuildJob:
     """A job no earlier run has built: its build (pod) name is unique."""
     marker = secrets.token_hex(4)
     ref = make_ref(REPO, REF)
     image = ImageSpec(
-        repository=f"binderbuild-test/cluster-{marker}",
+        repository=f"{prefix}cluster-{marker}",
         tag="latest",
         build_name=f"build-cluster-test-{marker}",
     )
-    return BuildJob(image=image, ref=ref, push=False)
+    return BuildJob(image=image, ref=ref, push=push)
 
 
 def test_build_a_repository_in_a_pod_and_stream_its_log():
@@ -123,6 +146,46 @@ def test_restart_mid_build_reattaches():
             assert "already being built" in again.events[0].message
             await second.close()
         finally:
+            await close_core_api(core)
+
+    run(body(), timeout=870)
+
+
+def test_build_and_push_to_the_registry():
+    """The push path: the build pod pushes through the builder daemon with
+    the release's push Secret, and the registry then has the image, as
+    binderbuild's own registry client sees it."""
+    if not REGISTRY_URL:
+        pytest.fail(
+            "BINDERBUILD_TEST_REGISTRY_URL is unset: name the registry the release "
+            "pushes to (see this module's docstring)",
+            pytrace=False,
+        )
+
+    async def body():
+        core = await make_core_api()
+        http = HttpClient(user_agent="binderbuild-cluster-test")
+        try:
+            builder = cluster_builder(core, push_secret=PUSH_SECRET)
+            job = fresh_job(IMAGE_PREFIX, push=True)
+            collector = Collector(builder.build(job))
+            await collector.done(timeout=840)
+            assert collector.error is None, f"{collector.error}\n" + "".join(
+                collector.messages[-30:]
+            )
+            assert any(e.phase is Phase.PUSHING for e in collector.events)
+            await builder.close()
+            registry = RegistryClient(
+                http,
+                REGISTRY_URL,
+                os.environ.get("BINDERBUILD_TEST_REGISTRY_USERNAME", ""),
+                os.environ.get("BINDERBUILD_TEST_REGISTRY_PASSWORD", ""),
+            )
+            assert await registry.image_exists(job.image), (
+                f"{job.image.name} is not in the registry"
+            )
+        finally:
+            http.close()
             await close_core_api(core)
 
     run(body(), timeout=870)

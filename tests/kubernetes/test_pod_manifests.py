@@ -51,7 +51,11 @@ def test_named_and_labelled_by_the_build():
         "app.kubernetes.io/component": "build",
         "app.kubernetes.io/managed-by": "binderbuild",
     }
-    assert meta["annotations"] == {
+    annotations = dict(meta["annotations"])
+    # The whole ref, for a replica that adopts the pod to record it in history.
+    assert pm.ref_from_annotations(annotations) == job.ref
+    del annotations["binderbuild/resolved-ref"]
+    assert annotations == {
         "binderbuild/repo-url": job.ref.repo_url,
         "binderbuild/ref": job.ref.resolved_ref,
         "binderbuild/image": job.image.name,
@@ -107,10 +111,17 @@ def test_root_is_refused():
 def test_volumes_mount_the_builder_daemon_socket_directory_not_the_hosts_docker():
     pod = pm.build_pod_manifest(make_job(), config())
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    # Default: the chart's directory for this namespace and release, so two
+    # releases on one node never share a daemon.
     assert volumes["docker-socket"]["hostPath"] == {
-        "path": "/var/run/binderbuild-dind",
+        "path": "/var/run/binderbuild-dind/binder/prod",
         "type": "DirectoryOrCreate",
     }
+    other = pm.build_pod_manifest(make_job(), config(instance="staging"))
+    other_volumes = {v["name"]: v for v in other["spec"]["volumes"]}
+    assert other_volumes["docker-socket"]["hostPath"]["path"] == (
+        "/var/run/binderbuild-dind/binder/staging"
+    )
     assert volumes["scratch"] == {"name": "scratch", "emptyDir": {}}
     host_paths = [v["hostPath"]["path"] for v in pod["spec"]["volumes"] if "hostPath" in v]
     assert "/var/run" not in host_paths and "/var/run/docker.sock" not in host_paths
@@ -138,7 +149,8 @@ def test_custom_socket_path_and_scratch_limit():
     assert env_of(pod)["BINDERBUILD_DOCKER_SOCKET"] == "/var/run/binderbuild-docker/engine.sock"
 
 
-@pytest.mark.parametrize("bad", ["docker.sock", "/var/run/dind/", "", "relative/path.sock"])
+# ("" is not among them: it means the chart's default, see the volumes test.)
+@pytest.mark.parametrize("bad", ["docker.sock", "/var/run/dind/", "relative/path.sock"])
 def test_socket_must_be_an_absolute_file_path(bad):
     with pytest.raises(ValueError, match="docker_socket"):
         pm.build_pod_manifest(make_job(), config(docker_socket=bad))

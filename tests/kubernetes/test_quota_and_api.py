@@ -164,6 +164,18 @@ def test_lines_are_split_across_chunks_and_overlong_lines_are_cut():
     run(body())
 
 
+def test_a_silent_stream_is_reported_as_stalled_not_read_forever():
+    async def body():
+        silent = FakeResponse(200, content=FakeContent())  # open, never fed, never ended
+        api = PodAPI(Scripted(read_namespaced_pod_log=silent))
+        with pytest.raises(k8s_api.StreamStalled, match="nothing for 0.1 s"):
+            async for _ in api.pod_log_lines("ns", "p", container="builder", read_timeout=0.1):
+                pass
+        assert silent.closed
+
+    run(body(), timeout=5)
+
+
 def test_http_errors_carry_the_api_message_and_a_hint_for_rbac():
     async def body():
         forbidden = FakeResponse(

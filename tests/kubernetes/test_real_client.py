@@ -11,6 +11,7 @@ through kubernetes_asyncio and aiohttp as they would against a cluster.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -71,7 +72,7 @@ class LoopbackApiServer:
         # End the streams still open, so that shutting down does not wait for
         # them.
         self.fake.end_watches()
-        for stream in list(self.fake.log_streams):
+        for stream in [*self.fake.log_streams, *self.fake.stalled_streams]:
             stream.content.end()
         await self.runner.cleanup()
 
@@ -115,7 +116,12 @@ class LoopbackApiServer:
     async def _answer(self, request: web.Request, resp: FakeResponse) -> web.StreamResponse:
         body = await resp.read()
         if body or resp.status >= 300:
-            return web.Response(status=resp.status, body=body, content_type="application/json")
+            return web.Response(
+                status=resp.status,
+                body=body,
+                content_type="application/json",
+                headers=resp.headers,
+            )
         stream = web.StreamResponse(status=resp.status)
         stream.content_type = "application/json"
         await stream.prepare(request)
@@ -279,6 +285,43 @@ def test_attach_resume_and_failure_over_http(fake, tmp_path):
     with_server(fake, body)
 
 
+def test_half_open_log_streams_over_http(fake, tmp_path):
+    """The server keeps the log connections open and sends nothing: while the
+    container runs, the read timeout makes the client ask again; once it has
+    ended, the watch ends the build and one last read brings the rest."""
+
+    async def body(server):
+        builder = http_builder(server.kubeconfig(tmp_path / "kubeconfig"), log_read_timeout=0.5)
+        job = make_job()
+        name = job.image.build_name
+        c = Collector(builder.build(job))
+        await until(lambda: ("ns", name) in fake.pods)
+        fake.start(name)
+        await until(lambda: fake.log_streams, what="log followed over HTTP")
+        fake.log(name, "one")
+        await until(lambda: "one\n" in c.messages)
+        assert fake.stall_logs(name) == 1
+        fake.log(name, "two")
+        await until(lambda: "two\n" in c.messages, timeout=5, what="resumed after the read timeout")
+        builder.log_read_timeout = 600.0  # from now on only the watch can end it
+        await until(lambda: fake.log_streams, what="following again")
+        assert fake.stall_logs(name) == 1
+        fake.log(name, "three")
+        fake.finish(name, 0)
+        await c.done(timeout=5)
+        assert c.error is None
+        assert [m for m in c.messages if m in ("one\n", "two\n", "three\n")] == [
+            "one\n",
+            "two\n",
+            "three\n",
+        ]
+        last = [r for r in server.requests if r[1].endswith("/log")][-1]
+        assert last[2]["follow"] == "False"
+        await builder.close()
+
+    with_server(fake, body)
+
+
 def test_quota_cache_over_http(fake, tmp_path):
     async def body(server):
         fake.add_pod(
@@ -298,5 +341,40 @@ def test_quota_cache_over_http(fake, tmp_path):
         fake.remove("jupyter-a")
         await until(lambda: cache.count() == 0)
         await cache.close()
+
+    with_server(fake, body)
+
+
+def test_throttling_and_admission_over_http(fake, tmp_path):
+    """Through aiohttp's real headers: a 429 with Retry-After is waited out
+    and retried; an admission refusal (403 Status body) is not retried and
+    reads as one."""
+
+    async def body(server):
+        builder = http_builder(server.kubeconfig(tmp_path / "kubeconfig"), api_retry_deadline=5.0)
+        fake.answer("create_namespaced_pod", 429, retry_after="1")
+        job = make_job()
+        name = job.image.build_name
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        c = Collector(builder.build(job))
+        await until(lambda: ("ns", name) in fake.pods, timeout=5)
+        assert loop.time() - started >= 1.0
+        creates = [r for r in server.requests if r[0] == "POST"]
+        assert len(creates) == 2
+        fake.start(name)
+        fake.finish(name, 0)
+        await c.done(timeout=5)
+        assert c.error is None
+
+        fake.reject_creates(
+            403, "Forbidden", 'pods "x" is forbidden: exceeded quota: builds, limited: pods=4'
+        )
+        other = Collector(builder.build(make_job(repo="https://git.example.org/o/other")))
+        await other.done(timeout=5)
+        assert "The cluster refused the build pod (HTTP 403)" in str(other.error)
+        assert "exceeded quota" in str(other.error)
+        assert len([r for r in server.requests if r[0] == "POST"]) == 3
+        await builder.close()
 
     with_server(fake, body)

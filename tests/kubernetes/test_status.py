@@ -106,6 +106,50 @@ def test_missing_secret_is_fatal():
     )
 
 
+@pytest.mark.parametrize(
+    "reason", ["ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"]
+)
+def test_pull_errors_once_past_their_grace_name_the_image(reason):
+    p = waiting(reason, "manifest unknown")
+    assert st.pending_problem(p, pull_errors=True) == (
+        f"Cannot pull the builder image reg/builder:1 ({reason}): manifest unknown"
+    )
+    assert st.is_pull_error(p) is (reason == "ErrImagePull")
+
+
+def test_config_errors_are_fatal_at_once():
+    p = waiting("CreateContainerConfigError", 'secret "push" not found')
+    assert st.pending_problem(p) is not None
+    assert st.pending_problem(waiting("InvalidImageName", "bad")) is not None
+
+
+def test_pending_timeout_reason_carries_the_schedulers_words():
+    unschedulable = pod(
+        "Pending",
+        conditions=[
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/3 nodes are available: 3 Insufficient memory.",
+            }
+        ],
+    )
+    assert st.pending_timeout_reason(unschedulable, 300) == (
+        "The build pod was not scheduled within 300 seconds: "
+        "Unschedulable: 0/3 nodes are available: 3 Insufficient memory."
+    )
+    pulling = waiting("ContainerCreating", "pulling image")
+    pulling["spec"]["nodeName"] = "node-2"
+    assert st.pending_timeout_reason(pulling, 300) == (
+        "The build pod did not start within 300 seconds on node node-2 "
+        "(ContainerCreating: pulling image)."
+    )
+    assert st.pending_timeout_reason(pod("Pending"), 0.5) == (
+        "The build pod was not scheduled within 0.5 seconds."
+    )
+
+
 def test_pending_messages():
     unschedulable = pod(
         "Pending",

@@ -58,12 +58,47 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 {{- end -}}
 {{- end -}}
 
+{{/*
+An image reference from {repository, tag}; `name` is the values key, for the
+message. binderbuild's images are not published anywhere: the operator builds
+and pushes them, so there is nothing to default to and the chart refuses to
+render without them. A tag that is a digest (sha256:...) pins the image.
+*/}}
 {{- define "binderbuild.image" -}}
-{{- printf "%s:%s" .image.repository (default .root.Chart.AppVersion .image.tag) -}}
+{{- $why := "binderbuild's images are not published anywhere. Build and push them (the Dockerfile at the repository root for image, images/builder/Dockerfile for build.image), then set repository and tag to what you pushed: see docs/kubernetes.md, \"Build and push the images\"" -}}
+{{- $repository := required (printf "%s.repository is not set: %s" .name $why) .image.repository -}}
+{{- $tag := required (printf "%s.tag is not set: %s" .name $why) .image.tag -}}
+{{- if hasPrefix "sha256:" $tag -}}
+{{- printf "%s@%s" $repository $tag -}}
+{{- else -}}
+{{- printf "%s:%s" $repository $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The builder daemon's directories on the node: one pair per namespace and
+release, so two releases sharing nodes never share a daemon, a socket or a
+layer cache. KubernetesBuilder's default socket follows the same layout
+(binderbuild.builders.pod_manifests.default_docker_socket).
+*/}}
+{{- define "binderbuild.hostSocketDir" -}}
+{{- if .Values.builderDaemon.hostSocketDir -}}
+{{- trimSuffix "/" .Values.builderDaemon.hostSocketDir -}}
+{{- else -}}
+{{- printf "/var/run/binderbuild-dind/%s/%s" .Release.Namespace .Release.Name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "binderbuild.hostLibDir" -}}
+{{- if .Values.builderDaemon.hostLibDir -}}
+{{- trimSuffix "/" .Values.builderDaemon.hostLibDir -}}
+{{- else -}}
+{{- printf "/var/lib/binderbuild-dind/%s/%s" .Release.Namespace .Release.Name -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "binderbuild.socketPath" -}}
-{{- printf "%s/docker.sock" (trimSuffix "/" .Values.builderDaemon.hostSocketDir) -}}
+{{- printf "%s/docker.sock" (include "binderbuild.hostSocketDir" .) -}}
 {{- end -}}
 
 {{/*
@@ -81,11 +116,13 @@ value), so `config` overrides any of them.
 {{- $kb := dict
   "build_namespace" .Release.Namespace
   "instance_name" .Release.Name
-  "build_image" (include "binderbuild.image" (dict "image" .Values.build.image "root" .))
+  "build_image" (include "binderbuild.image" (dict "image" .Values.build.image "name" "build.image"))
   "build_image_pull_policy" .Values.build.image.pullPolicy
   "build_image_pull_secrets" .Values.build.imagePullSecrets
   "build_node_selector" .Values.build.nodeSelector
   "build_tolerations" .Values.build.tolerations
+  "build_node_affinity" (.Values.build.nodeAffinity | default dict)
+  "build_user_nodes" .Values.build.userNodes
   "build_docker_host" (include "binderbuild.socketPath" .)
   "build_docker_socket_gid" .Values.builderDaemon.socketGid
   "build_network" .Values.build.network
@@ -136,4 +173,20 @@ value), so `config` overrides any of them.
     - ipBlock:
         cidr: ::/0
         except: {{ toJson .Values.networkPolicy.deniedCIDRsV6 }}
+{{- end -}}
+
+{{/*
+Zero to JupyterHub's user-node tolerations (both spellings of its taint), as
+KubernetesBuilder adds them to build pods
+(binderbuild.builders.pod_manifests.Z2JH_USER_TOLERATIONS).
+*/}}
+{{- define "binderbuild.userNodeTolerations" -}}
+- key: hub.jupyter.org/dedicated
+  operator: Equal
+  value: user
+  effect: NoSchedule
+- key: hub.jupyter.org_dedicated
+  operator: Equal
+  value: user
+  effect: NoSchedule
 {{- end -}}
