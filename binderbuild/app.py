@@ -84,6 +84,7 @@ CONFIGURABLES: list[str] = [
     "binderbuild.ratelimit.RateLimiter",
     "binderbuild.eventlog.EventLog",
     "binderbuild.hub.HubLauncher",
+    "binderbuild.warmpool.WarmPoolLauncher",
     "binderbuild.quota.HubServerCounter",
     "binderbuild.lifecycle.EngineImageCleaner",
     "binderbuild.lifecycle.RegistryLifecycle",

@@ -112,6 +112,13 @@ LAUNCH_EVENT_SCHEMA: Mapping[str, Any] = {
         "origin": {**_NULLABLE_STRING, "description": "Host the request came to (BinderHub's origin)."},
         "request_id": _NULLABLE_STRING,
         "authenticated": {"type": "boolean"},
+        "launch": {
+            "enum": ["warm", "cold", None],
+            "description": "warm: the server came from a warm pool (started before the "
+            "request); cold: it was started for this request; null: no server was "
+            "handed out (build only, failure, abandoned). Added in version 1 (fields "
+            "are only ever added).",
+        },
     },
     "additionalProperties": False,
 }
@@ -309,6 +316,7 @@ class EventLog(LoggingConfigurable):
             "origin": origin or None,
             "request_id": current_request_id(),
             "authenticated": request.user is not None,
+            "launch": None if report.warm is None else ("warm" if report.warm else "cold"),
         }
 
     def observe_run(self, report: RunReport) -> None:

@@ -21,11 +21,22 @@ image cleaners (least recently used first). The table is created when the
 store opens, so a database written by an older version gains it in place;
 the schema version is not bumped for an added table, so an older version
 can still open the file (it ignores the table).
+
+Write-ahead (issue 12): a build is stored as ``running`` when it starts
+(``history_write_ahead``, an on_started hook), with the owner token of this
+process (``binderbuild.owners``) in ``running_builds``; its final record
+replaces it. A service that was killed leaves such rows behind: the next
+start (``mark_interrupted``, from ``services.start`` after the builder swept
+the build's leftovers) stores them as failed with the failure type
+``BuildInterrupted``, so ``/api/builds`` says what happened. Rows of a live
+owner (another service on the same data directory) are left alone. Another
+added table, like ``image_usage``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import sqlite3
@@ -33,13 +44,15 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from traitlets import Bool, Float, Integer
 from traitlets.config import LoggingConfigurable
 
+from binderbuild import owners
+from binderbuild.builders.base import ExternalBuild
 from binderbuild.builds import Build, BuildState
 from binderbuild.errors import ConfigError, error_code
 from binderbuild.events import Phase, ProgressEvent, event
@@ -71,7 +84,26 @@ CREATE TABLE IF NOT EXISTS image_usage (
     image TEXT PRIMARY KEY,
     last_used REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS running_builds (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL
+);
 """
+
+# The failure type (failure.type in the builds API) of a build whose service
+# stopped under it (killed, crashed) and that the next start found.
+INTERRUPTED = "BuildInterrupted"
+INTERRUPTED_REASON = (
+    "Build interrupted: binderbuild stopped while this build was running (it was killed "
+    "or crashed). The build was stopped and its leftovers removed; ask for the image "
+    "again to build it."
+)
+# The same for backends whose builds run elsewhere (build pods), which this
+# process neither stopped nor cleaned up.
+INTERRUPTED_ELSEWHERE_REASON = (
+    "Build interrupted: the binderbuild process that followed this build stopped "
+    "(it was killed or crashed). Ask for the image again."
+)
 
 
 @dataclass(frozen=True)
@@ -128,6 +160,35 @@ class BuildRecord:
             failure_type=failure_type,
             forced=build.forced,
             found_existing=build.found_existing,
+            created=build.created,
+            started=build.started,
+            finished=build.finished,
+            event_count=len(build.events),
+        )
+
+    @classmethod
+    def from_external(cls, build: ExternalBuild, repo: str) -> BuildRecord:
+        """A build the backend saw end without the BuildManager (an adopted
+        build pod, issue 18)."""
+        ref = build.ref
+        return cls(
+            id=build.id,
+            provider=ref.provider_id,
+            spec=ref.spec,
+            repo=repo,
+            unresolved_ref=ref.unresolved_ref,
+            resolved_ref=ref.resolved_ref,
+            resolved_spec=ref.resolved_spec,
+            repo_url=ref.repo_url,
+            ref_url=ref.ref_url,
+            image=build.image,
+            build_name=build.build_name,
+            state=(BuildState.SUCCEEDED if build.succeeded else BuildState.FAILED).value,
+            phase=build.events[-1].phase.value if build.events else Phase.WAITING.value,
+            failure=build.failure,
+            failure_type=build.failure_type,
+            forced=False,
+            found_existing=False,
             created=build.created,
             started=build.started,
             finished=build.finished,
@@ -242,9 +303,98 @@ class BuildHistory(LoggingConfigurable):
                     blob,
                 ),
             )
+            # A finished build's record replaces its write-ahead one.
+            db.execute("DELETE FROM running_builds WHERE id = ?", (record.id,))
             self._prune(db)
 
         await self._run(write)
+
+    def write_ahead(self, record: BuildRecord, events: Sequence[ProgressEvent]) -> None:
+        """Store a build that is starting as running, owned by this process.
+
+        Handed to the database thread at once (not on the next loop turn), so
+        it is written before anything the build does next, and before its
+        final record, which replaces it."""
+        blob = encode_events(events)
+        owner = owners.current()
+
+        def write(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute("BEGIN")
+                db.execute(
+                    "INSERT OR REPLACE INTO builds "
+                    "(id, provider, repo, build_name, state, created, finished, record, events) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        record.id,
+                        record.provider,
+                        record.repo,
+                        record.build_name,
+                        record.state,
+                        record.created,
+                        time.time(),
+                        record.to_json(),
+                        blob,
+                    ),
+                )
+                db.execute(
+                    "INSERT OR REPLACE INTO running_builds (id, owner) VALUES (?, ?)",
+                    (record.id, owner),
+                )
+
+        future = asyncio.wrap_future(self._executor.submit(write, self._db))
+        self._pending.add(future)
+        future.add_done_callback(self._written)
+
+    async def mark_interrupted(
+        self,
+        alive: Callable[[str], bool | None] = owners.alive,
+        reason: str = INTERRUPTED_REASON,
+    ) -> list[BuildRecord]:
+        """Store the running builds of dead owners (a killed service) as failed,
+        interrupted (``reason``); return them. Run at start, once the builder
+        has removed their leftovers."""
+
+        def read(db: sqlite3.Connection) -> list[tuple[str, str, str | None, bytes | None]]:
+            rows = db.execute(
+                "SELECT r.id, r.owner, b.record, b.events FROM running_builds r "
+                "LEFT JOIN builds b ON b.id = r.id"
+            ).fetchall()
+            return [(str(a), str(b), c, d) for a, b, c, d in rows]
+
+        marked: list[BuildRecord] = []
+        for build_id, owner, text, blob in await self._run(read):
+            if alive(owner) is not False:
+                continue
+            if text is None or blob is None:
+                # Its record was pruned meanwhile: nothing to say.
+                await self._run(functools.partial(_forget_running, build_id))
+                continue
+            old = BuildRecord.from_json(text)
+            events = decode_events(blob)
+            events.append(event(Phase.FAILED, f"Build failed: {reason}\n"))
+            record = replace(
+                old,
+                state=BuildState.FAILED.value,
+                phase=Phase.FAILED.value,
+                failure=reason,
+                failure_type=INTERRUPTED,
+                finished=time.time(),
+                event_count=len(events),
+            )
+            await self.record(record, events)
+            log.warning(
+                "build %s of %s was interrupted by the service stopping; marked as failed",
+                record.id,
+                record.image,
+            )
+            marked.append(record)
+        return marked
+
+    async def flush(self) -> None:
+        """Wait for the writes handed over so far."""
+        if self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
 
     def record_soon(self, record: BuildRecord, events: Sequence[ProgressEvent]) -> None:
         """Record from synchronous code (a BuildManager callback); ``close`` waits for it."""
@@ -378,3 +528,35 @@ def history_recorder(
         history.record_soon(BuildRecord.from_build(build, repo_of(build.job.ref)), build.events)
 
     return on_finished
+
+
+def _forget_running(build_id: str, db: sqlite3.Connection) -> None:
+    db.execute("DELETE FROM running_builds WHERE id = ?", (build_id,))
+
+
+def history_write_ahead(
+    history: BuildHistory, repo_of: Callable[[ResolvedRef], str]
+) -> Callable[[Build], None]:
+    """A ``BuildManager`` on_started hook: the build is stored as running
+    before the backend starts it, so a service killed mid-build leaves a
+    record the next start marks interrupted (``mark_interrupted``)."""
+
+    def on_started(build: Build) -> None:
+        history.write_ahead(BuildRecord.from_build(build, repo_of(build.job.ref)), build.events)
+
+    return on_started
+
+
+def external_build_recorder(
+    history: BuildHistory, repo_of: Callable[[ResolvedRef], str]
+) -> Callable[[ExternalBuild], None]:
+    """A ``BuildResources.on_external_build`` hook that stores builds the
+    backend saw end without the BuildManager (adopted build pods). Builds
+    whose spec is unknown (pods of older versions) are filed under their
+    repository URL."""
+
+    def on_external_build(build: ExternalBuild) -> None:
+        repo = repo_of(build.ref) if build.ref.spec else build.ref.repo_url
+        history.record_soon(BuildRecord.from_external(build, repo), build.events)
+
+    return on_external_build

@@ -39,6 +39,7 @@ import string
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
 
@@ -149,6 +150,23 @@ class _Traces:
         return self.user or self.server or bool(self.token_id)
 
 
+@dataclass(frozen=True, slots=True)
+class PooledServer:
+    """A server started ahead of any launch (``binderbuild.warmpool``), as
+    the default server of a fresh temporary user that has no token yet:
+    nobody can use it until ``HubLauncher.hand_out`` mints one."""
+
+    user: str
+    url: str  # the server on the hub's public URL
+    image: str
+    repo_url: str
+    ready_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.user}/"
+
+
 class _LauncherMeta(MetaHasTraits, abc.ABCMeta):
     """traitlets' metaclass combined with the ABCMeta of the Launcher contract."""
 
@@ -252,6 +270,9 @@ class HubLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
             with contextlib.suppress(RuntimeError):  # no running loop: start lazily
                 self.quota.start()
         self._cleanups: set[asyncio.Task[None]] = set()
+        # "user/" names of pooled servers not handed out yet: they take a place
+        # of the total quota, not of their repository's (see hand_out).
+        self._pooled: set[str] = set()
 
     def _any_repo_quota(self) -> bool:
         s = self.settings
@@ -365,7 +386,10 @@ class HubLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
             plan = self._plan(request)
             async with asyncio.timeout_at(_loop_time(deadline)):
                 reservation = await self.quota.check_and_reserve(
-                    plan.repo_url, plan.repo_quota, plan.full_name
+                    plan.repo_url,
+                    plan.repo_quota,
+                    plan.full_name,
+                    not_in_repo=frozenset(self._pooled),
                 )
                 if plan.anonymous:
                     await self._create_user(plan, deadline, traces)
@@ -485,18 +509,30 @@ class HubLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
             raise HubError("JupyterHub created a token but did not return it.")
         return token, str(model.get("id", ""))
 
+    def user_options(self, request: LaunchRequest, token: str | None) -> dict[str, Any]:
+        """The spawner's ``user_options`` for ``request``: BinderHub's keys.
+        ``token`` None: a pooled server, whose token is minted at hand-out."""
+        options: dict[str, Any] = {"image": request.image}
+        if token is not None:
+            options["token"] = token
+        options.update(
+            repo_url=request.ref.repo_url,
+            binder_ref_url=request.ref.ref_url,
+            binder_launch_host=request.launch_host,
+            binder_request=request.request_path,
+            binder_persistent_request=request.persistent_request_path,
+        )
+        return options
+
     async def _start_server(
-        self, plan: _Plan, request: LaunchRequest, token: str, deadline: float, traces: _Traces
+        self,
+        plan: _Plan,
+        request: LaunchRequest,
+        token: str | None,
+        deadline: float,
+        traces: _Traces,
     ) -> None:
-        options = {
-            "image": request.image,
-            "token": token,
-            "repo_url": request.ref.repo_url,
-            "binder_ref_url": request.ref.ref_url,
-            "binder_launch_host": request.launch_host,
-            "binder_request": request.request_path,
-            "binder_persistent_request": request.persistent_request_path,
-        }
+        options = self.user_options(request, token)
         path = server_path(plan.user, plan.server_name)
         # A real user's server is stopped again on failure only if this
         # launch may have started it (set before the call: an answer can get
@@ -611,6 +647,121 @@ class HubLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
             return "ready", server
         return "gone", server
 
+    # --- warm pools (binderbuild.warmpool) ---------------------------------------
+
+    async def start_pooled(self, request: LaunchRequest) -> PooledServer:
+        """Start a server for a warm pool: a fresh temporary user, its default
+        server started with exactly the ``user_options`` of a cold launch of
+        ``request`` less the token. No token of that user exists, so nothing
+        can reach the server before ``hand_out``. It takes a place of the
+        total quota (``pod_quota``) from now on. Raises what a launch raises;
+        whatever it made is removed again."""
+        if self.settings.auth_enabled:
+            raise ConfigError("Warm pools start servers of temporary users: anonymous Binder only.")
+        deadline = time.monotonic() + self.launch_timeout
+        traces = _Traces()
+        reservation: Reservation | None = None
+        plan = _Plan(unique_name_from_repo(request.ref.repo_url), "", True, request.ref.repo_url, 0)
+        last_message = [""]
+
+        def relay(ev: dict[str, Any]) -> None:
+            message = str(ev.get("message") or "").strip()
+            if message:
+                last_message[0] = message
+
+        async def request_again() -> None:
+            await self._start_server(plan, request, None, deadline, traces)
+
+        try:
+            async with asyncio.timeout_at(_loop_time(deadline)):
+                # A place of the total only: reserved under no repository, so
+                # pooled servers starting never count against their repository.
+                reservation = await self.quota.check_and_reserve("", 0, plan.full_name)
+                self._pooled.add(plan.full_name)
+                await self._create_user(plan, deadline, traces)
+                await self._start_server(plan, request, None, deadline, traces)
+                ready = await self._follow(plan, relay, deadline, request_again)
+        except TimeoutError:
+            self._pooled.discard(plan.full_name)
+            self._after_failure(plan, traces, reservation)
+            reason = f" Last message from JupyterHub: {last_message[0]}" if last_message[0] else ""
+            raise LaunchTimeout(
+                f"The server did not start within {self.launch_timeout:g} seconds.{reason}"
+            ) from None
+        except BaseException:
+            self._pooled.discard(plan.full_name)
+            self._after_failure(plan, traces, reservation)
+            raise
+        reservation.succeeded()
+        url = urljoin(self.settings.hub_url, ready.get("url") or self._server_url_path(plan))
+        return PooledServer(user=plan.user, url=url, image=request.image, repo_url=plan.repo_url)
+
+    async def hand_out(self, server: PooledServer, request: LaunchRequest) -> LaunchResult:
+        """Give a pooled server to the launch ``request``: check its
+        repository's quota (handed-out servers count there, pooled ones do
+        not), then mint the launch token, the server's first credential.
+        Takes at most ``hub_unresponsive_timeout``; raises QuotaExceeded
+        (the server stays pooled) or HubError (the caller removes it)."""
+        plan = _Plan(server.user, "", True, server.repo_url, self._repo_quota(request))
+        reservation: Reservation | None = None
+        if plan.repo_quota:
+            reservation = await self.quota.check_and_reserve(
+                plan.repo_url,
+                plan.repo_quota,
+                plan.full_name,
+                count_total=False,
+                not_in_repo=frozenset(self._pooled),
+            )
+        try:
+            deadline = time.monotonic() + self.hub_unresponsive_timeout
+            async with asyncio.timeout_at(_loop_time(deadline)):
+                token, _ = await self._create_token(plan, deadline, _Traces())
+        except TimeoutError:
+            if reservation is not None:
+                reservation.failed()
+            raise HubError(
+                f"JupyterHub did not create the launch token within "
+                f"{self.hub_unresponsive_timeout:g} seconds."
+            ) from None
+        except BaseException:
+            if reservation is not None:
+                reservation.failed()
+            raise
+        self._pooled.discard(plan.full_name)
+        if reservation is not None:
+            reservation.succeeded()
+        return LaunchResult(url=server.url, token=token, user=server.user, warm=True)
+
+    async def touch(self, servers: list[PooledServer]) -> None:
+        """Report activity of pooled servers, so the idle culler (which reads
+        the hub's ``last_activity``) does not cull them while they wait.
+        Needs the ``users:activity`` scope (part of ``admin:users``)."""
+        now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        deadline = time.monotonic() + min(10.0, self.hub_unresponsive_timeout)
+        for server in servers:
+            resp = await self.hub.call(
+                "POST",
+                f"{user_path(server.user)}/activity",
+                json_body={"last_activity": now, "servers": {"": {"last_activity": now}}},
+                deadline=deadline,
+                attempts=1,
+            )
+            if resp.status not in (200, 204, 404):
+                raise HubError(
+                    f"JupyterHub refused the activity of pooled server {server.user}: "
+                    f"{hub_reason(resp)}"
+                )
+
+    async def remove_pooled(self, server: PooledServer) -> None:
+        """Stop a pooled server and delete its temporary user (retried like
+        the cleanup of a failed launch, until ``cleanup_timeout``)."""
+        self._pooled.discard(server.full_name)
+        plan = _Plan(server.user, "", True, server.repo_url, 0)
+        task = asyncio.ensure_future(self._cleanup(plan, _Traces(user=True), "pooled server"))
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+        await asyncio.shield(task)
+
     # --- leaving nothing behind ---------------------------------------------------
 
     def _after_failure(
@@ -630,7 +781,7 @@ class HubLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
         elif reservation is not None:
             reservation.failed()
 
-    async def _cleanup(self, plan: _Plan, traces: _Traces) -> None:
+    async def _cleanup(self, plan: _Plan, traces: _Traces, what: str = "failed launch") -> None:
         deadline = time.monotonic() + self.cleanup_timeout
         delay = self.retry_delay
         if traces.inflight:
@@ -645,7 +796,7 @@ class HubLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
         while True:
             try:
                 if await self._remove(plan, deadline, traces):
-                    self.log.info("cleaned up failed launch %s", plan.full_name)
+                    self.log.info("cleaned up %s %s", what, plan.full_name)
                     return
             except HubError as exc:
                 self.log.warning("cleanup of %s: %s", plan.full_name, exc.message)

@@ -24,8 +24,8 @@ from __future__ import annotations
 import contextlib
 import enum
 import time
-from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from prometheus_client import (
@@ -208,6 +208,58 @@ class _QueueCollector:
         )
 
 
+class PoolMiss(enum.StrEnum):
+    """Why a launch of an image with a warm pool was not served from it."""
+
+    EMPTY = "empty"  # no pooled server was ready
+    HANDOUT_FAILED = "handout_failed"  # the hub refused the launch token (server removed)
+
+
+class PoolStatsLike(Protocol):
+    @property
+    def image(self) -> str: ...
+
+    @property
+    def ready(self) -> int: ...
+
+    @property
+    def starting(self) -> int: ...
+
+    @property
+    def backing_off(self) -> bool: ...
+
+
+class PoolLike(Protocol):
+    def stats(self) -> Sequence[PoolStatsLike]: ...
+
+
+class _PoolCollector:
+    """Reads the warm pools at scrape time: only images pooled now have series."""
+
+    def __init__(self, pool: PoolLike) -> None:
+        self.pool = pool
+
+    def collect(self) -> Iterator[Metric]:
+        servers = GaugeMetricFamily(
+            f"{PREFIX}_warm_pool_servers",
+            "Servers of a warm pool, by image and state (ready: waiting for a launch; "
+            "starting).",
+            labels=["image", "state"],
+        )
+        backoff = GaugeMetricFamily(
+            f"{PREFIX}_warm_pool_backing_off",
+            "1 while a warm pool waits after failing to start servers (image broken, "
+            "hub down); launches of its image are cold meanwhile.",
+            labels=["image"],
+        )
+        for stats in self.pool.stats():
+            servers.add_metric([stats.image, "ready"], stats.ready)
+            servers.add_metric([stats.image, "starting"], stats.starting)
+            backoff.add_metric([stats.image], 1 if stats.backing_off else 0)
+        yield servers
+        yield backoff
+
+
 class Metrics:
     """binderbuild's metrics on a private registry."""
 
@@ -285,6 +337,30 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.warm_pool_handouts = Counter(
+            f"{PREFIX}_warm_pool_handouts",
+            "Launches served from a warm pool (hits).",
+            registry=r,
+        )
+        self.warm_pool_misses = Counter(
+            f"{PREFIX}_warm_pool_misses",
+            "Launches of an image with a warm pool that were started cold, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.warm_pool_handout_duration = Histogram(
+            f"{PREFIX}_warm_pool_handout_duration_seconds",
+            "Time to hand out a pooled server (quota check and launch token).",
+            buckets=UPSTREAM_BUCKETS,
+            registry=r,
+        )
+        self.warm_pool_start_failures = Counter(
+            f"{PREFIX}_warm_pool_start_failures",
+            "Pooled servers that failed to start (the pool then backs off).",
+            registry=r,
+        )
+        for miss in PoolMiss:
+            self.warm_pool_misses.labels(miss.value)
         # Pre-create the label combinations whose values are known, so a
         # dashboard shows 0 rather than "no data" before the first event.
         for status in BuildStatus:
@@ -305,6 +381,20 @@ class Metrics:
     def watch_queue(self, builds: BuildManager) -> None:
         """Export the build manager's queue and slot gauges (read at scrape time)."""
         self.registry.register(_QueueCollector(builds))
+
+    def watch_pool(self, pool: PoolLike) -> None:
+        """Export the warm pools' sizes and backoff state (read at scrape time)."""
+        self.registry.register(_PoolCollector(pool))
+
+    def pool_handed_out(self, seconds: float) -> None:
+        self.warm_pool_handouts.inc()
+        self.warm_pool_handout_duration.observe(max(0.0, seconds))
+
+    def pool_missed(self, reason: PoolMiss) -> None:
+        self.warm_pool_misses.labels(reason.value).inc()
+
+    def pool_start_failed(self) -> None:
+        self.warm_pool_start_failures.inc()
 
     def exposition(self) -> tuple[bytes, str]:
         """(body, content type) of the text exposition format."""

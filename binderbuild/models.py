@@ -70,3 +70,6 @@ class LaunchResult:
     token: str
     user: str
     server_name: str = ""
+    # Handed out from a warm pool (binderbuild.warmpool) rather than started
+    # for this launch.
+    warm: bool = False

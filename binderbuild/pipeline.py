@@ -99,6 +99,9 @@ class RunReport:
     ref: ResolvedRef | None = None
     image: ImageSpec | None = None
     error: BaseException | None = None
+    # The server came from a warm pool (True), was started for this run
+    # (False); None: no server was handed out.
+    warm: bool | None = None
 
 
 # Called once per pipeline run, at its end.
@@ -287,6 +290,7 @@ class Pipeline:
         located: Located | None = None
         outcome: RunOutcome = RunOutcome.SUCCESS
         error: BaseException | None = None
+        launched: list[LaunchResult] = []
         try:
             with timings.measure("resolve"):
                 located = await self.locate(target)
@@ -307,7 +311,7 @@ class Pipeline:
                 return
             yield event(Phase.BUILT, "Found built image, launching...\n", imageName=image.name)
             with timings.measure("launch"):
-                async for ev in self._launch(request, located.ref, image):
+                async for ev in self._launch(request, located.ref, image, launched):
                     yield ev
         except BinderBuildError as exc:
             outcome, error = RunOutcome.FAILURE, exc
@@ -323,6 +327,7 @@ class Pipeline:
                 ref=located.ref if located else None,
                 image=located.image if located else None,
                 error=error,
+                warm=launched[0].warm if launched else None,
             )
             for observe in self.observers:
                 try:
@@ -339,11 +344,10 @@ class Pipeline:
         if build.state is not BuildState.SUCCEEDED:
             raise build.error or BuildFailed("Build failed.")
 
-    async def _launch(
+    def launch_request(
         self, request: BuildRequest, ref: ResolvedRef, image: ImageSpec
-    ) -> AsyncIterator[ProgressEvent]:
-        assert self.launcher is not None
-        launch = LaunchRequest(
+    ) -> LaunchRequest:
+        return LaunchRequest(
             image=image.name,
             ref=ref,
             request_path=f"v2/{ref.provider_id}/{ref.spec}",
@@ -351,8 +355,28 @@ class Pipeline:
             launch_host=request.launch_host,
             user=request.user,
         )
+
+    async def prepare_launch(self, request: BuildRequest) -> LaunchRequest | None:
+        """The LaunchRequest a launch of ``request`` would make, when its
+        image exists; None when it would have to be built first. Builds
+        nothing (warm pools ask this for the specs they keep servers for)."""
+        located = await self.locate(self.validate(request))
+        if not await self.image_exists(located.image):
+            return None
+        return self.launch_request(request, located.ref, located.image)
+
+    async def _launch(
+        self,
+        request: BuildRequest,
+        ref: ResolvedRef,
+        image: ImageSpec,
+        launched: list[LaunchResult],
+    ) -> AsyncIterator[ProgressEvent]:
+        assert self.launcher is not None
+        launch = self.launch_request(request, ref, image)
         async for item in self.launcher.launch(launch):
             if isinstance(item, LaunchResult):
+                launched.append(item)
                 yield event(
                     Phase.READY,
                     f"Server ready at {item.url}\n",

@@ -155,21 +155,31 @@ class LaunchQuota:
         return int(result)
 
     async def check_and_reserve(
-        self, repo_url: str, repo_quota: int, full_name: str
+        self,
+        repo_url: str,
+        repo_quota: int,
+        full_name: str,
+        *,
+        count_total: bool = True,
+        not_in_repo: frozenset[str] = frozenset(),
     ) -> Reservation:
         """Raise QuotaExceeded when one more server would be over a limit;
         otherwise reserve a place until the launch ends.
 
         ``repo_quota`` 0 means no per-repository limit; ``total_quota`` None
         means no total limit (0: nothing may launch, e.g. maintenance).
+        ``count_total`` False: the server already holds a place of the total
+        (a pooled server being handed out). ``not_in_repo``: "user/server"
+        names not counted against their repository (pooled servers; only
+        counters with ``supports_exclude`` can leave them out).
         """
-        total_quota = self.total_quota
+        total_quota = self.total_quota if count_total else None
         exclude = frozenset(r.full_name for r in self._inflight.values())
         total = matching = 0
         if total_quota is not None:
             total = await self._count(None, exclude)
         if repo_quota:
-            matching = await self._count(repo_url, exclude)
+            matching = await self._count(repo_url, exclude | not_in_repo)
         # No await from here on: the in-flight list cannot change under us.
         total += len(self._inflight)
         matching += len(self.inflight(repo_url))

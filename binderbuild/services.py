@@ -30,7 +30,7 @@ import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from binderbuild import __version__, plugins
 from binderbuild.auth import (
@@ -48,8 +48,16 @@ from binderbuild.errors import ConfigError, Forbidden, RateLimited
 from binderbuild.eventlog import EventLog
 from binderbuild.handlers.api import BuildsAPI
 from binderbuild.handlers.info import HealthChecker
-from binderbuild.history import BuildHistory, history_recorder
+from binderbuild.history import (
+    INTERRUPTED_ELSEWHERE_REASON,
+    INTERRUPTED_REASON,
+    BuildHistory,
+    external_build_recorder,
+    history_recorder,
+    history_write_ahead,
+)
 from binderbuild.http import HttpClient
+from binderbuild.hub import HubLauncher
 from binderbuild.launcher import Launcher
 from binderbuild.lifecycle import (
     DockerEngine,
@@ -70,6 +78,7 @@ from binderbuild.registry import ImageStore, LocalImageStore, RegistryClient
 from binderbuild.secrets import Scrubber
 from binderbuild.tokens import BuildTokens
 from binderbuild.units import parse_bytes
+from binderbuild.warmpool import PoolBackend, WarmPoolLauncher, pipeline_preparer
 
 if TYPE_CHECKING:
     from jupyterhub.services.auth import HubOAuth
@@ -135,6 +144,8 @@ class Services:
     extra_handlers: tuple[Route, ...] = ()
     # Image use tracking and the periodic image cleaners (issue 16).
     lifecycle: Lifecycle | None = None
+    # Started servers handed out on launch (issue 15); None: every launch is cold.
+    warm_pool: WarmPoolLauncher | None = None
 
     def client_ip(self, request: HTTPServerRequest) -> str:
         return self.client_ip_resolver(request)
@@ -201,9 +212,16 @@ def compose(app: BinderBuild, registry_config: DockerRegistry) -> Services:
             ),
             allowed_internal_networks=tuple(internal_networks),
             docker_client=docker_client,
+            # Builds the backend saw end without the manager (build pods
+            # adopted from a replica that died) are kept in history too.
+            on_external_build=(external_build_recorder(history, builds_api.repo_of),),
         ),
     )
     known_images = KnownImages(ttl=app.image_exists_cache_ttl)
+    # The launcher before the build manager: a warm pool drains the servers
+    # of an image that is built again (one of the manager's hooks).
+    hub_launcher = make_launcher(app, http, providers)
+    warm_pool = make_warm_pool(app, hub_launcher, metrics)
     builds = BuildManager(
         builder,
         concurrency=app.concurrent_build_limit or os.cpu_count() or 1,
@@ -212,17 +230,19 @@ def compose(app: BinderBuild, registry_config: DockerRegistry) -> Services:
         abandoned_grace=app.abandoned_build_grace,
         max_log_bytes=parse_bytes(app.build_log_max_bytes),
         max_line_bytes=parse_bytes(app.build_log_line_max_bytes),
-        on_started=[metrics.build_started],
+        # Write-ahead: a build is in the history before the backend starts it.
+        on_started=[metrics.build_started, history_write_ahead(history, builds_api.repo_of)],
         on_finished=[
             known_images.remember_built,
             metrics.build_finished_hook,
             history_recorder(history, builds_api.repo_of),
             usage.remember_built,
+            *([warm_pool.image_rebuilt] if warm_pool is not None else []),
         ],
     )
     metrics.watch_queue(builds)
 
-    launcher = make_launcher(app, http, providers)
+    launcher = warm_pool if warm_pool is not None else hub_launcher
     if launcher is not None:
         launcher = InstrumentedLauncher(launcher, metrics)
     pipeline = Pipeline(
@@ -271,6 +291,8 @@ def compose(app: BinderBuild, registry_config: DockerRegistry) -> Services:
     }
     if launcher is not None:
         checks["hub"] = (launcher.check, True)
+    if warm_pool is not None:
+        checks["warm-pool"] = (warm_pool.health, False)
     health = HealthChecker(checks, ttl=app.health_check_ttl, scrub=scrubber.scrub)
 
     return Services(
@@ -306,7 +328,16 @@ def compose(app: BinderBuild, registry_config: DockerRegistry) -> Services:
         hub_auth=hub_auth,
         user_resolver=user_resolver,
         extra_handlers=extra_handlers,
-        lifecycle=make_lifecycle(app, usage, docker_client, image_store, builds, known_images),
+        lifecycle=make_lifecycle(
+            app,
+            usage,
+            docker_client,
+            image_store,
+            builds,
+            known_images,
+            on_image_removed=warm_pool.image_removed if warm_pool is not None else None,
+        ),
+        warm_pool=warm_pool,
     )
 
 
@@ -315,11 +346,22 @@ async def start(services: Services) -> None:
     that cannot start yet (cluster unreachable) is logged, not fatal: builds
     start it lazily and /health reports it meanwhile."""
     try:
+        # Also removes what builds of a killed predecessor left (DockerBuilder).
         await services.builder.start()
     except Exception as exc:
         log.warning("build backend did not start yet: %s", services.scrubber.scrub(str(exc)))
+    # Builds a killed predecessor was running: stored as interrupted.
+    await services.history.mark_interrupted(
+        reason=INTERRUPTED_REASON
+        if services.builder.needs_local_engine
+        else INTERRUPTED_ELSEWHERE_REASON
+    )
     if services.lifecycle is not None:
         services.lifecycle.start()
+    if services.warm_pool is not None:
+        services.warm_pool.start(
+            pipeline_preparer(services.pipeline, services.settings.launch_host)
+        )
 
 
 async def shutdown(services: Services) -> None:
@@ -404,10 +446,17 @@ def make_lifecycle(
     image_store: ImageStore,
     builds: BuildManager,
     known_images: KnownImages,
+    on_image_removed: Callable[[str], None] | None = None,
 ) -> Lifecycle:
     """Usage tracking, and the cleaners that are enabled: the engine's when
     this machine has the engine, the registry's when images go to one."""
     engine_cleaner: EngineImageCleaner | None = None
+
+    def removed(image: str) -> None:
+        known_images.cache.discard(image)
+        if on_image_removed is not None:
+            on_image_removed(image)
+
     if docker_client is not None:
         engine_cleaner = EngineImageCleaner(
             DockerEngine(docker_client),
@@ -417,7 +466,7 @@ def make_lifecycle(
             usage=usage,
             in_use_names=lambda: {b.image_name for b in builds.builds() if not b.state.finished},
             # A removed image must be looked up again (and rebuilt), not remembered.
-            on_removed=known_images.cache.discard,
+            on_removed=removed,
         )
         if not engine_cleaner.enabled:
             engine_cleaner = None
@@ -429,7 +478,7 @@ def make_lifecycle(
             log=app.log,
             image_prefix=app.image_prefix,
             usage=usage,
-            on_removed=known_images.cache.discard,
+            on_removed=removed,
         )
         if not registry.enabled:
             registry = None
@@ -467,6 +516,33 @@ def make_launcher(
         settings=HubSettings.from_app(app),
     )
     return launcher
+
+
+def make_warm_pool(
+    app: BinderBuild, launcher: Launcher | None, metrics: Metrics
+) -> WarmPoolLauncher | None:
+    """A warm pool around the hub launcher when one is configured
+    (``WarmPoolLauncher.images`` or ``.popular_images``). Anonymous
+    deployments only: signed-in launches are always cold."""
+    if launcher is None:
+        return None
+    # The pool's options decide whether there is one; the launcher is checked after.
+    pool = WarmPoolLauncher(
+        inner=cast(PoolBackend, launcher), metrics=metrics, parent=app, log=app.log
+    )
+    if not pool.enabled:
+        return None
+    if app.auth_enabled:
+        raise ConfigError(
+            "WarmPoolLauncher needs an anonymous Binder: with auth_enabled every server belongs "
+            "to the signed-in user who asked for it (docs/launching.md#warm-pools)."
+        )
+    if not isinstance(launcher, HubLauncher):
+        raise ConfigError(
+            f"WarmPoolLauncher works with binderbuild.hub.HubLauncher, not {type(launcher).__name__}."
+        )
+    metrics.watch_pool(pool)
+    return pool
 
 
 def make_build_tokens(app: BinderBuild, scrubber: Scrubber) -> BuildTokens:

@@ -11,7 +11,9 @@ docs/launching.md):
 - ``image``: the image to run. Only names starting with one of
   ``allowed_image_prefixes`` are accepted: a hub service token must not be
   enough to run arbitrary images on the hub's infrastructure.
-- ``token``: required for anonymous launches. binderbuild's launcher created
+- ``token``: sent with every anonymous launch except the start of a warm-pool
+  server (its token is minted when it is handed out; refused with
+  ``server_token_args``, which needs it at start). binderbuild's launcher created
   it as a hub API token of the launch's user, scoped to this one server, so
   the server (``jupyterhub-singleuser``) accepts it in an ``Authorization``
   header or as ``?token=`` on the first page load. With
@@ -143,8 +145,17 @@ class BinderSpawnerMixin(Configurable):
     async def start(self) -> Any:
         options = self._binder_options()
         if not self.auth_enabled:
-            if not options.get("token"):
-                raise spawn_error("A Binder launch needs a token in user_options.", 400, True)
+            # No token: a server of binderbuild's warm pool, whose launch token
+            # is minted at hand-out (jupyterhub-singleuser asks the hub about
+            # every token, so it needs none at start). A plain `jupyter server`
+            # with server_token_args would start with no known token at all.
+            if not options.get("token") and self.server_token_args:
+                raise spawn_error(
+                    "A Binder launch needs a token in user_options with "
+                    "server_token_args (warm pools need jupyterhub-singleuser images).",
+                    400,
+                    True,
+                )
             if not options.get("image"):
                 raise spawn_error("A Binder launch needs an image in user_options.", 400, True)
         if options.get("image"):

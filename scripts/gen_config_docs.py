@@ -35,6 +35,7 @@ MODULES = [
     "binderbuild.builders.docker",
     "binderbuild.builders.kubernetes",
     "binderbuild.hub",
+    "binderbuild.warmpool",
     "binderbuild.launcher",
     "binderbuild.spawner",
     "binderbuild.hubconfig",

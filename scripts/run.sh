@@ -17,10 +17,17 @@
 # 4. binderbuild on 127.0.0.1:PORT (default 8585), launching on that hub.
 # 5. A demo repository on a loopback git server, and the URL to open.
 #
-# This script supervises what it starts: when one of them exits, or on
-# Ctrl-C / SIGTERM, it stops all of them (the hub stops its servers). State
-# lives under var/singlemachine (hub database, service token, configs); logs
-# under var/log. A deployment with its own hub runs binderbuild alone with
+# This script supervises what it starts (the proxy, the hub, the demo git
+# server, binderbuild): one that exits is started again after a pause that
+# doubles up to 30 s ("run: <name> exited (status N); restarting it in Ns").
+# The proxy is its own process and the hub keeps servers when it stops
+# (cleanup_servers off), so a restarted hub leaves user servers and their
+# routes alone; the idle culler dies with its hub. Ctrl-C / SIGTERM stops
+# everything within a few seconds (BINDERBUILD_STOP_GRACE each, then KILL);
+# user servers keep running, as with any JupyterHub, and the next run.sh
+# finds them. State lives under var/singlemachine (hub database, service
+# token, configs); logs under var/log (BINDERBUILD_VAR moves both). A
+# deployment with its own hub runs binderbuild alone with
 # c.BinderBuild.hub_url / hub_api_token instead (docs/operators.md).
 #
 # Environment knobs: BINDERBUILD_PORT (8585), BINDERBUILD_HUB_PORT (8000,
@@ -29,11 +36,13 @@
 # BINDERBUILD_REGISTRY_PORT (5000), BINDERBUILD_CULL_TIMEOUT (600 s idle),
 # BINDERBUILD_SERVER_NETWORK (binderbuild-servers; "host" is the unsafe
 # opt-in of docs/security.md), BINDERBUILD_SERVER_MEM_LIMIT (2G),
-# BINDERBUILD_SERVER_CPU_LIMIT (1), BINDERBUILD_SERVER_PIDS_LIMIT (512).
+# BINDERBUILD_SERVER_CPU_LIMIT (1), BINDERBUILD_SERVER_PIDS_LIMIT (512),
+# BINDERBUILD_VAR (var/), BINDERBUILD_STOP_GRACE (5 s per component).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VAR="$ROOT/var"
+VAR="${BINDERBUILD_VAR:-$ROOT/var}"
+export BINDERBUILD_VAR="$VAR"  # scripts/services.sh keeps the registry there
 STATE="$VAR/singlemachine"
 LOG="$VAR/log"
 PY="$ROOT/.venv/bin/python"
@@ -49,6 +58,7 @@ SERVER_NETWORK="${BINDERBUILD_SERVER_NETWORK:-binderbuild-servers}"
 SERVER_MEM_LIMIT="${BINDERBUILD_SERVER_MEM_LIMIT:-2G}"
 SERVER_CPU_LIMIT="${BINDERBUILD_SERVER_CPU_LIMIT:-1}"
 SERVER_PIDS_LIMIT="${BINDERBUILD_SERVER_PIDS_LIMIT:-512}"
+STOP_GRACE="${BINDERBUILD_STOP_GRACE:-5}"
 USE_REGISTRY=1
 SETUP=1
 DEMO=1
@@ -63,7 +73,7 @@ while [ $# -gt 0 ]; do
         --no-demo) DEMO=0; shift ;;
         --config) EXTRA_CONFIG="$(realpath "$2")"; shift 2 ;;
         --config=*) EXTRA_CONFIG="$(realpath "${1#*=}")"; shift ;;
-        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -85,13 +95,9 @@ sys.exit(1)
 EOF
 }
 
-wait_http() {  # url seconds pid what logfile
-    local url="$1" seconds="$2" pid="$3" what="$4" logfile="$5"
+wait_http() {  # url seconds what logfile
+    local url="$1" seconds="$2" what="$3" logfile="$4"
     for _ in $(seq $((seconds * 5))); do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            echo "---- last lines of $logfile ----" >&2; tail -n 30 "$logfile" >&2 || true
-            die "$what exited while starting"
-        fi
         curl -fs -o /dev/null --max-time 2 "$url" && return 0
         sleep 0.2
     done
@@ -104,9 +110,9 @@ if [ "$SETUP" = 1 ]; then
     bash "$ROOT/scripts/setup.sh"
 fi
 [ -x "$PY" ] || die "no venv at $ROOT/.venv: run scripts/setup.sh"
-CHP="$VAR/node/node_modules/.bin/configurable-http-proxy"
+CHP="$ROOT/var/node/node_modules/.bin/configurable-http-proxy"
 [ -x "$CHP" ] || die "configurable-http-proxy missing ($CHP): run scripts/setup.sh"
-mkdir -p "$STATE/hub" "$LOG"
+mkdir -p "$STATE/hub" "$STATE/run" "$LOG"
 
 # Servers run on an internal Docker network of their own; the hub's API
 # listens on the host's address there (the network's gateway), the only
@@ -127,22 +133,70 @@ port_busy "$HUB_API_PORT" "$HUB_IP" \
     && die "port $HUB_API_PORT on $HUB_IP is in use (another run.sh? set BINDERBUILD_HUB_API_PORT)"
 
 # ------------------------------------------------------------ supervision
-PIDS=()
+# Each component runs under its own supervisor, a subshell that starts it
+# again when it exits (backoff 1, 2, 4 ... 30 s; back to 1 s after a minute
+# up) and, on SIGTERM, stops it: TERM, then KILL after STOP_GRACE seconds.
+# The component's pid is in $STATE/run/<name>.pid.
+SUPERVISORS=()
+NAMES=()
 STARTED_REGISTRY=0
 stopping=0
+
+supervise() {  # name logfile command...
+    local name="$1" logfile="$2"
+    shift 2
+    (
+        child=""
+        stop_child() {
+            if [ -n "$child" ] && kill -0 "$child" 2>/dev/null; then
+                kill -TERM "$child" 2>/dev/null || true
+                for _ in $(seq $((STOP_GRACE * 10))); do
+                    kill -0 "$child" 2>/dev/null || break
+                    sleep 0.1
+                done
+                if kill -0 "$child" 2>/dev/null; then
+                    say "$name did not stop within ${STOP_GRACE}s; killing it"
+                    kill -KILL "$child" 2>/dev/null || true
+                fi
+            fi
+            rm -f "$STATE/run/$name.pid"
+            exit 0
+        }
+        trap stop_child TERM INT
+        delay=1
+        while :; do
+            since=$SECONDS
+            "$@" >>"$logfile" 2>&1 </dev/null &
+            child=$!
+            echo "$child" >"$STATE/run/$name.pid"
+            code=0
+            wait "$child" || code=$?
+            if [ $((SECONDS - since)) -ge 60 ]; then delay=1; fi
+            say "$name exited (status $code); restarting it in ${delay}s (log: $logfile)"
+            sleep "$delay" &
+            wait $! || true
+            delay=$((delay * 2 > 30 ? 30 : delay * 2))
+        done
+    ) &
+    SUPERVISORS+=("$!")
+    NAMES+=("$name")
+}
+
 stop_all() {
     [ "$stopping" = 1 ] && return
     stopping=1
     say "stopping..."
-    # Reverse order: binderbuild, then the hub. The hub needs its time: it
-    # stops its services (the culler), every server, then its proxy.
-    for (( i=${#PIDS[@]}-1; i>=0; i-- )); do
-        pid="${PIDS[$i]}"
+    # Reverse order: binderbuild, the git server, the hub, the proxy; each
+    # supervisor stops its component within STOP_GRACE seconds.
+    for (( i=${#SUPERVISORS[@]}-1; i>=0; i-- )); do
+        pid="${SUPERVISORS[$i]}"
         kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 600); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+        for _ in $(seq $(((STOP_GRACE + 2) * 10))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         if kill -0 "$pid" 2>/dev/null; then
-            say "process $pid did not stop within 120 s; killing it"
+            say "the supervisor of ${NAMES[$i]} did not stop; killing it"
             kill -KILL "$pid" 2>/dev/null || true
+            p="$(cat "$STATE/run/${NAMES[$i]}.pid" 2>/dev/null || true)"
+            [ -n "$p" ] && kill -KILL "$p" 2>/dev/null || true
         fi
     done
     if [ "$STARTED_REGISTRY" = 1 ]; then
@@ -189,14 +243,42 @@ TOKEN_FILE="$STATE/binder-service-token"
     --mem-limit "$SERVER_MEM_LIMIT" --cpu-limit "$SERVER_CPU_LIMIT" \
     --pids-limit "$SERVER_PIDS_LIMIT" \
     --registry-credentials-file "$REGISTRY_CREDENTIALS"
-say "starting JupyterHub on http://127.0.0.1:$HUB_PORT/ (log: $LOG/jupyterhub.log)"
-(
-    cd "$STATE/hub"
-    # The hub runs the proxy and the culler with this PATH.
-    PATH="$ROOT/.venv/bin:$PATH" exec "$ROOT/.venv/bin/jupyterhub" -f "$STATE/hub/jupyterhub_config.py"
-) >>"$LOG/jupyterhub.log" 2>&1 </dev/null &
-PIDS+=("$!")
-wait_http "http://127.0.0.1:$HUB_PORT/hub/api/" 90 "${PIDS[-1]}" JupyterHub "$LOG/jupyterhub.log"
+cat >>"$STATE/hub/jupyterhub_config.py" <<'EOF'
+
+# --- supervised by scripts/run.sh -------------------------------------------
+# The proxy is run.sh's own process (the token is CONFIGPROXY_AUTH_TOKEN), and
+# the hub leaves servers running when it stops: restarting the hub keeps
+# every user server and its route.
+c.ConfigurableHTTPProxy.should_start = False
+c.JupyterHub.cleanup_servers = False
+# The idle culler dies with its hub (PR_SET_PDEATHSIG), however the hub ends.
+# The hub stops it with SIGINT, which a background job inherits as ignored
+# (the hub then waited 10 s before SIGTERM): SIGINT is reset for it.
+for _service in c.JupyterHub.services:
+    if _service.get("command"):
+        _service["command"] = [
+            "env", "--default-signal=INT",
+            "setpriv", "--pdeathsig", "KILL", "--",
+            *_service["command"],
+        ]
+EOF
+PROXY_TOKEN_FILE="$STATE/proxy-auth-token"
+if [ ! -s "$PROXY_TOKEN_FILE" ]; then
+    (umask 077 && "$PY" -c 'import secrets; print(secrets.token_hex(32))' >"$PROXY_TOKEN_FILE")
+fi
+export CONFIGPROXY_AUTH_TOKEN="$(cat "$PROXY_TOKEN_FILE")"
+say "starting the proxy on http://127.0.0.1:$HUB_PORT/ (log: $LOG/proxy.log)"
+supervise proxy "$LOG/proxy.log" "$CHP" \
+    --ip 127.0.0.1 --port "$HUB_PORT" \
+    --api-ip 127.0.0.1 --api-port "$PROXY_API_PORT" \
+    --default-target "http://$HUB_IP:$HUB_API_PORT" \
+    --error-target "http://$HUB_IP:$HUB_API_PORT/hub/error"
+say "starting JupyterHub (log: $LOG/jupyterhub.log)"
+# The culler runs with this PATH; the hub in its state directory.
+supervise jupyterhub "$LOG/jupyterhub.log" env -C "$STATE/hub" PATH="$ROOT/.venv/bin:$PATH" \
+    "$ROOT/.venv/bin/jupyterhub" -f "$STATE/hub/jupyterhub_config.py"
+wait_http "http://127.0.0.1:$HUB_PORT/hub/api/" 90 JupyterHub "$LOG/jupyterhub.log"
+unset CONFIGPROXY_AUTH_TOKEN
 
 # ------------------------------------------------------------ the demo repository
 DEMO_URL=""
@@ -216,10 +298,8 @@ EOF
     if port_busy "$GIT_PORT"; then
         say "port $GIT_PORT is busy: no demo git server (set BINDERBUILD_DEMO_GIT_PORT)"
     else
-        git daemon --reuseaddr --export-all --base-path="$GIT_ROOT" \
-            --listen=127.0.0.1 --port="$GIT_PORT" "$GIT_ROOT" \
-            >>"$LOG/demo-git.log" 2>&1 </dev/null &
-        PIDS+=("$!")
+        supervise demo-git "$LOG/demo-git.log" git daemon --reuseaddr --export-all \
+            --base-path="$GIT_ROOT" --listen=127.0.0.1 --port="$GIT_PORT" "$GIT_ROOT"
         DEMO_URL="git://127.0.0.1:$GIT_PORT/demo.git"
     fi
 fi
@@ -262,11 +342,11 @@ if [ -n "$EXTRA_CONFIG" ]; then
     "$PY" -c 'import sys; print(f"# --config, loaded last\nload_subconfig({sys.argv[1]!r})")' \
         "$EXTRA_CONFIG" >>"$STATE/binderbuild_config.py"
 fi
-say "starting binderbuild on http://127.0.0.1:$PORT/"
-JUPYTERHUB_API_TOKEN="$(cat "$TOKEN_FILE")" "$PY" -m binderbuild \
-    --config="$STATE/binderbuild_config.py" --port="$PORT" </dev/null &
-PIDS+=("$!")
-wait_http "http://127.0.0.1:$PORT/versions" 60 "${PIDS[-1]}" binderbuild /dev/null
+say "starting binderbuild on http://127.0.0.1:$PORT/ (log: $LOG/binderbuild.log)"
+supervise binderbuild "$LOG/binderbuild.log" \
+    env JUPYTERHUB_API_TOKEN="$(cat "$TOKEN_FILE")" "$PY" -m binderbuild \
+    --config="$STATE/binderbuild_config.py" --port="$PORT"
+wait_http "http://127.0.0.1:$PORT/versions" 60 binderbuild "$LOG/binderbuild.log"
 
 echo
 say "a complete Binder is running:"
@@ -280,11 +360,9 @@ fi
 say "any repository: http://127.0.0.1:$PORT/v2/git/<url-encoded clone URL>/<ref>"
 say "Ctrl-C stops everything."
 
-# Supervise: the first child to exit brings the rest down.
+# The supervisors run until Ctrl-C / SIGTERM (the traps above stop them).
 set +e
-wait -n "${PIDS[@]}"
-code=$?
-if [ "$stopping" = 0 ]; then
-    say "a component exited (status $code); see $LOG/jupyterhub.log and the output above"
-fi
-exit "$code"
+while :; do
+    wait
+    sleep 1
+done

@@ -19,7 +19,11 @@ step only parses the sandbox's JSON and the tar's headers and Dockerfile.
 Both stream repo2docker-style JSON log lines into one ``R2dLogReader``, so
 events and failure messages are those of a single repo2docker run. Either
 can be killed at any time (the container is removed, the subprocess's
-process group killed). ``sandbox = False`` runs repo2docker itself as a
+process group killed), and both die with the service: the sandbox through
+its stdin lifeline, the subprocess through ``PR_SET_PDEATHSIG``. Each build
+has its own work directory (``work_root``), removed however the build ends;
+``start`` (or the first build) removes what builds of a killed service left
+behind (``builders/leftovers.py``). ``sandbox = False`` runs repo2docker itself as a
 subprocess of the service (the behaviour before sandboxes), for machines
 without the builder image; it is unsafe for public use.
 
@@ -42,7 +46,6 @@ import os
 import shlex
 import signal
 import sys
-import tempfile
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -50,6 +53,7 @@ from urllib.parse import urlsplit
 
 from traitlets import Bool, Dict, Float, Integer, List, Unicode, Union
 
+from binderbuild.builders import leftovers
 from binderbuild.builders import sandbox as sandbox_mod
 from binderbuild.builders.base import Builder
 from binderbuild.builders.dockerfile_policy import RegistryPolicy
@@ -168,6 +172,20 @@ class DockerBuilder(Builder):
         help="""Largest build context a sandbox may hand to the trusted build step
         (bytes, or '10G'); larger ones fail the build.""",
     )
+    work_root = Unicode(
+        "",
+        config=True,
+        help="""Directory for the builds' work directories (binderbuild-XXXX: the
+        checkout, the build context, the egress proxy's socket). Each is removed when
+        its build ends, however it ends; those of a service that was killed are
+        removed by the next start. Empty (default): the system's temporary directory
+        (TMPDIR, else /tmp).""",
+    )
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._swept = False  # the leftovers of earlier processes were removed
+        self._sweep_lock = asyncio.Lock()
 
     def _env(self, job: BuildJob, proxy: EgressProxy | None = None, workdir: str = "") -> dict[str, str]:
         env = {
@@ -222,9 +240,14 @@ class DockerBuilder(Builder):
         env[ENV_PROXY] = proxy.address
 
     async def build(self, job: BuildJob) -> AsyncIterator[ProgressEvent]:
-        # ignore_cleanup_errors: a service that is not root cannot always
-        # delete what the sandbox's user left behind.
-        with tempfile.TemporaryDirectory(prefix="binderbuild-", ignore_cleanup_errors=True) as workdir:
+        await self._sweep_once()
+        try:
+            path = leftovers.make_workdir(self.work_root, job.image.name)
+        except OSError as exc:
+            raise BuildBackendError(f"Could not make the build's work directory: {exc}") from None
+        workdir = str(path)
+        # Removed on every end of the build: success, failure, timeout, cancel.
+        try:
             proxy: EgressProxy | None = None
             if self.egress_filter:
                 proxy = EgressProxy(
@@ -265,6 +288,8 @@ class DockerBuilder(Builder):
             finally:
                 if proxy is not None:
                     await proxy.close()
+        finally:
+            leftovers.remove_workdir(path)
 
     async def _build(
         self, job: BuildJob, proxy: EgressProxy | None, workdir: str
@@ -285,12 +310,17 @@ class DockerBuilder(Builder):
         )
         env = self._env(job, proxy, workdir)
         env["HOME"] = workdir
+        # repo2docker's checkout (tempfile.mkdtemp) goes into the work
+        # directory, so it goes with it however the build ends.
+        checkouts = Path(workdir, "tmp")
+        checkouts.mkdir()
+        env["TMPDIR"] = str(checkouts)
         log = R2dLogReader(self.resources.scrubber)
         code: list[int] = []
         async for ev in self._process(argv, env, workdir, log, code):
             yield ev
         if code[0] != 0:
-            raise exit_failure(code[0], log)
+            raise exit_failure(code[0], log, memory_limit=self.resources.memory_limit)
 
     async def _process(
         self,
@@ -301,7 +331,11 @@ class DockerBuilder(Builder):
         code: list[int],
     ) -> AsyncGenerator[ProgressEvent, None]:
         """Run ``argv`` in its own process group, yield its output as events,
-        append its exit status to ``code``; kill the group if stopped early."""
+        append its exit status to ``code``; kill the group if stopped early.
+
+        The process dies with the service (``PR_SET_PDEATHSIG``), and its
+        group is noted in the work directory ``cwd`` for the next start to
+        kill if the service dies before it can."""
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -311,11 +345,13 @@ class DockerBuilder(Builder):
                 env=env,
                 cwd=cwd,
                 start_new_session=True,
+                preexec_fn=leftovers.deathsig_preexec(),
                 limit=_MAX_LINE,
             )
         except OSError as exc:
             raise BuildBackendError(f"Could not start {argv[0]}: {exc}") from None
         try:
+            leftovers.note_process(Path(cwd), proc.pid)
             assert proc.stdout is not None
             async for line in _lines(proc.stdout):
                 yield log.read(line)
@@ -370,6 +406,7 @@ class DockerBuilder(Builder):
                 memory_limit=parse_bytes(self.sandbox_memory_limit),
                 pids_limit=self.sandbox_pids_limit,
                 image_name=job.image.name,
+                build=Path(workdir).name,
             )
             container = await asyncio.to_thread(client.containers.create, **args)
         except docker.errors.ImageNotFound:
@@ -379,8 +416,13 @@ class DockerBuilder(Builder):
         except (docker.errors.DockerException, ValueError) as exc:
             raise BuildBackendError(f"Could not create the build sandbox: {exc}") from None
         log = R2dLogReader(self.resources.scrubber)
+        lifeline: Any = None
         try:
             try:
+                # Before it starts: the sandbox dies when this connection does.
+                lifeline = await asyncio.to_thread(
+                    sandbox_mod.attach_lifeline, client, container.id
+                )
                 await asyncio.to_thread(container.start)
             except docker.errors.DockerException as exc:
                 raise BuildBackendError(f"Could not start the build sandbox: {exc}") from None
@@ -390,11 +432,18 @@ class DockerBuilder(Builder):
                 status = await asyncio.to_thread(container.wait)
             except docker.errors.DockerException as exc:
                 raise BuildBackendError(f"Lost the build sandbox: {exc}") from None
+            code = int(status.get("StatusCode", 1))
+            oom = code != 0 and await asyncio.to_thread(
+                sandbox_mod.oom_killed, client, container.id
+            )
         finally:
             await sandbox_mod.remove(client, container.id)
-        code = int(status.get("StatusCode", 1))
+            if lifeline is not None:
+                sandbox_mod.close_lifeline(lifeline)
         if code != 0:
-            raise exit_failure(code, log)
+            raise exit_failure(
+                code, log, memory_limit=parse_bytes(self.sandbox_memory_limit), oom_killed=oom
+            )
 
         # The trusted step: build and push what the sandbox prepared.
         trusted = [
@@ -412,7 +461,8 @@ class DockerBuilder(Builder):
         async for ev in self._process(trusted, env, workdir, log, codes):
             yield ev
         if codes[0] != 0:
-            raise exit_failure(codes[0], log)
+            # The build steps ran under the build containers' memory limit.
+            raise exit_failure(codes[0], log, memory_limit=self.resources.memory_limit)
 
     async def _stop(self, proc: asyncio.subprocess.Process) -> None:
         """Stop the whole process group: TERM, then KILL after the grace period."""
@@ -426,7 +476,9 @@ class DockerBuilder(Builder):
                 continue
 
     async def start(self) -> None:
-        """Say at startup, not at the first build, when the sandbox image is missing."""
+        """Remove what builds of a service that is gone left behind, then say
+        at startup, not at the first build, when the sandbox image is missing."""
+        await self._sweep_once()
         client = self.resources.docker_client
         if not self.sandbox or client is None:
             return
@@ -442,6 +494,38 @@ class DockerBuilder(Builder):
             )
         except (docker.errors.DockerException, OSError) as exc:
             self.log.warning("Could not check the build sandbox image: %s", exc)
+
+    async def _sweep_once(self) -> None:
+        """Kill and remove the builds a previous process left (its sandbox
+        containers, process groups and work directories; ``leftovers``), once,
+        before this process's first build. A restarted service thus never
+        runs a second build of an image the dead one was still building."""
+        if self._swept:
+            return
+        async with self._sweep_lock:
+            if self._swept:
+                return
+            found = await asyncio.to_thread(leftovers.sweep_workdirs, self.work_root)
+            client = self.resources.docker_client
+            if client is not None:
+                import docker.errors
+
+                try:
+                    found += await asyncio.to_thread(sandbox_mod.sweep, client)
+                except (docker.errors.DockerException, OSError) as exc:
+                    # The engine is down: try again before the next build.
+                    self.log.warning("Could not look for left-over build sandboxes: %s", exc)
+                    return
+            for item in found:
+                self.log.warning(
+                    "Removed the %s %s of an interrupted build of %s (its service %s is gone%s)",
+                    item.what,
+                    item.name,
+                    item.image or "an unknown image",
+                    item.owner.split(":")[2] if item.owner.count(":") == 3 else item.owner,
+                    f"; killed {item.killed_groups} process group(s)" if item.killed_groups else "",
+                )
+            self._swept = True
 
     async def check(self) -> dict[str, Any]:
         client = self.resources.docker_client

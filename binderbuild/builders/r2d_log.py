@@ -12,11 +12,20 @@ message a user can act on. Both steps live here, once:
 * ``exit_failure`` and ``status_failure`` classify how the build ended (an
   exit code of repo2docker, or a status the backend read elsewhere, such as a
   build pod's) as a ``BuildFailed`` carrying repo2docker's own reason.
+
+``exit_failure`` says in words what a person can act on (issue 12): out of
+memory, naming the limit (the engine's ``OOMKilled``, or a build step killed
+with 137 under the build containers' limit), out of disk space on the build
+machine or in the registry (``ENOSPC`` in the daemon's or the push's error),
+and a builder killed by a signal; anything else stays "repo2docker exited
+with code N: <its reason>".
 """
 
 from __future__ import annotations
 
 import json
+import re
+import signal
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
@@ -107,11 +116,72 @@ class R2dLogReader:
         return self.last_failure or (self._tail[-1] if self._tail else "")
 
 
-def exit_failure(code: int, log: R2dLogReader) -> BuildFailed:
-    """repo2docker exited with ``code`` (not 0): "repo2docker exited with code
-    N", plus the reason from its log when there is one."""
-    reason = log.reason
-    return BuildFailed(f"repo2docker exited with code {code}" + (f": {reason}" if reason else ""))
+def exit_failure(
+    code: int,
+    log: R2dLogReader,
+    *,
+    memory_limit: int = 0,
+    oom_killed: bool = False,
+) -> BuildFailed:
+    """A build process or container ended with ``code`` (not 0): the reason
+    in words a person understands, with repo2docker's own reason after it.
+
+    ``memory_limit`` is the limit (bytes) of what ran: the build containers'
+    for the trusted step, the sandbox's for the sandbox. ``oom_killed`` says
+    the engine reported the container as killed for memory (``OOMKilled``).
+    In order: out of memory (reported, or a build step killed with 137 under
+    a limit), out of disk space (the machine's or the registry's), killed by
+    a signal, else "repo2docker exited with code N"."""
+    said = _in_words(code, log, memory_limit, oom_killed)
+    if said is None:
+        reason = log.reason
+        return BuildFailed(f"repo2docker exited with code {code}" + (f": {reason}" if reason else ""))
+    # Said in words: only a line that reported the failure adds to it.
+    detail = log.last_failure
+    return BuildFailed(f"{said}: {detail}" if detail else f"{said}.")
+
+
+def human_bytes(size: int) -> str:
+    """512 MiB, 2 GiB, 1.5 GiB: a memory limit as people write it."""
+    for unit, factor in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= factor:
+            value = size / factor
+            text = f"{value:.1f}".rstrip("0").rstrip(".")
+            return f"{text} {unit}"
+    return f"{size} bytes"
+
+
+# A build step's exit status, as the Docker daemon's classic builder says it.
+_STEP_CODE = re.compile(r"returned a non-zero code: (\d+)")
+_NO_SPACE = re.compile(r"no space left on device|ENOSPC|disk quota exceeded", re.IGNORECASE)
+_PUSHING = re.compile(r"\bpush", re.IGNORECASE)
+
+
+def _in_words(code: int, log: R2dLogReader, memory_limit: int, oom_killed: bool) -> str | None:
+    step = _STEP_CODE.search(log.last_failure)
+    step_killed = step is not None and int(step.group(1)) == 137
+    limit = f" (limit {human_bytes(memory_limit)})" if memory_limit else ""
+    if oom_killed or (step_killed and memory_limit):
+        return f"The build ran out of memory{limit}"
+    for text in reversed(log.failures or log.tail):
+        if _NO_SPACE.search(text):
+            if _PUSHING.search(text):
+                return "The registry ran out of disk space while the image was pushed"
+            return "The build ran out of disk space on the build machine"
+    if step_killed:
+        return "A build step was killed (SIGKILL, exit code 137)"
+    if code < 0:
+        return f"The builder was killed ({_signal_name(-code)}) before the build finished"
+    if code == 137:
+        return "The builder was killed (SIGKILL, exit code 137) before the build finished"
+    return None
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def status_failure(status_reason: str, log: R2dLogReader) -> BuildFailed:

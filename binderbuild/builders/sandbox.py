@@ -20,6 +20,15 @@ building, it leaves the context and parameters in ``/work/out``, and the
 trusted step (``trusted_build``) builds and pushes them. This module holds
 the container's description as data (``container_args``) and the few
 Engine API calls that run it.
+
+The sandbox dies with the service: it is created with its stdin open for one
+client (``StdinOnce``), the service attaches to that stdin before starting
+it (``attach_lifeline``) and holds the connection for the build's lifetime.
+When the service process dies, however it dies, the kernel closes the
+connection, the engine closes the container's stdin, and ``sandbox_entry``
+exits at once, taking repo2docker and its children with it (PID 1 of the
+container). Its labels (``leftovers.container_labels``: owner token, image,
+work directory) let the next start remove one that is still there.
 """
 
 from __future__ import annotations
@@ -31,9 +40,11 @@ import threading
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
+from binderbuild.builders import leftovers
 from binderbuild.builders.sandbox_entry import (
     ENV_EGRESS_SOCKET,
     ENV_GIT_PROXY,
+    ENV_LIFELINE,
     RELAY_HOST,
     RELAY_PORT,
 )
@@ -47,9 +58,9 @@ CONTAINER_TMP = "/tmp"  # noqa: S108
 EGRESS_DIR = "/run/binderbuild"
 EGRESS_SOCKET_NAME = "egress.sock"
 SANDBOX_UID = 1000
-ROLE_LABEL = "binderbuild.role"
+ROLE_LABEL = leftovers.ROLE_LABEL
 ROLE = "build-sandbox"
-IMAGE_LABEL = "binderbuild.image"
+IMAGE_LABEL = leftovers.IMAGE_LABEL
 # HOME only (git and Python write a little there); the checkout is on disk.
 TMPFS_SIZE = "64m"
 
@@ -105,12 +116,14 @@ def container_args(
     memory_limit: int,
     pids_limit: int,
     image_name: str,
+    build: str = "",
 ) -> dict[str, Any]:
     """``containers.create`` arguments of one build's sandbox.
 
     ``work_dir`` (host) becomes ``/work``; ``egress_dir`` (host, holding the
     proxy's socket) is mounted read-only, or not at all when builds are not
-    filtered (then ``network`` is the operator's build network).
+    filtered (then ``network`` is the operator's build network). ``build``
+    names the build's work directory (a label, for the sweep at start).
     """
     from docker.types import Mount
 
@@ -121,7 +134,12 @@ def container_args(
         "image": image,
         "command": ["python", "-m", "binderbuild.builders.sandbox_entry", *r2d_args],
         "user": f"{SANDBOX_UID}:{SANDBOX_UID}",
-        "environment": dict(env),
+        # The lifeline (see the module's docstring) wins over any extra env.
+        "environment": {**env, ENV_LIFELINE: "stdin"},
+        # docker-py sets StdinOnce for stdin_open only when not "detached"
+        # (create() never waits either way): stdin closes when the one
+        # client attached to it, the service, goes away.
+        "stdin_open": True,
         "working_dir": WORK_DIR,
         "network_mode": "none" if egress_dir is not None else network,
         "cap_drop": ["ALL"],
@@ -132,9 +150,9 @@ def container_args(
         "memswap_limit": memory_limit,
         "pids_limit": pids_limit,
         "mounts": mounts,
-        "labels": {ROLE_LABEL: ROLE, IMAGE_LABEL: image_name},
+        "labels": leftovers.container_labels(ROLE, image_name, build),
         "name": f"binderbuild-sandbox-{secrets.token_hex(6)}",
-        "detach": True,
+        "detach": False,
     }
 
 
@@ -190,3 +208,30 @@ def _remove_quietly(client: Any, container_id: str) -> None:
 
     with contextlib.suppress(docker.errors.NotFound):
         client.api.remove_container(container_id, force=True, v=True)
+
+
+def attach_lifeline(client: Any, container_id: str) -> Any:
+    """Attach to the (not yet started) sandbox's stdin; hold the returned
+    socket while the build runs, close it (``close_lifeline``) after. Blocking."""
+    return client.api.attach_socket(container_id, params={"stdin": 1, "stream": 1})
+
+
+def close_lifeline(sock: Any) -> None:
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+def oom_killed(client: Any, container_id: str) -> bool:
+    """Whether the engine killed the container for its memory limit. Blocking."""
+    import docker.errors
+
+    try:
+        state = client.api.inspect_container(container_id).get("State") or {}
+    except docker.errors.DockerException:
+        return False
+    return bool(state.get("OOMKilled"))
+
+
+def sweep(client: Any) -> list[leftovers.Leftover]:
+    """Remove the sandboxes of services that are gone (``leftovers``). Blocking."""
+    return leftovers.sweep_containers(client, ROLE)

@@ -13,8 +13,11 @@ and exits with its status.
     python -m binderbuild.builders.sandbox_entry [repo2docker arguments...]
 
 Environment: ``BINDERBUILD_SANDBOX_EGRESS_SOCKET`` (the mounted socket; unset:
-no relay) and ``BINDERBUILD_SANDBOX_GIT_PROXY`` (where to write the
-``GIT_PROXY_COMMAND`` script; unset: none).
+no relay), ``BINDERBUILD_SANDBOX_GIT_PROXY`` (where to write the
+``GIT_PROXY_COMMAND`` script; unset: none) and
+``BINDERBUILD_SANDBOX_LIFELINE=stdin``: exit (137) as soon as stdin reaches
+its end, which is when the service holding it is gone (``sandbox.py``); as
+the container's PID 1, that ends every process in it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import threading
 
 ENV_EGRESS_SOCKET = "BINDERBUILD_SANDBOX_EGRESS_SOCKET"
 ENV_GIT_PROXY = "BINDERBUILD_SANDBOX_GIT_PROXY"
+ENV_LIFELINE = "BINDERBUILD_SANDBOX_LIFELINE"
 RELAY_HOST = "127.0.0.1"
 RELAY_PORT = 3128
 
@@ -81,7 +85,23 @@ def write_git_proxy(path: str) -> None:
     os.chmod(path, 0o700)
 
 
+def watch_lifeline(fd: int = 0) -> threading.Thread:
+    """Exit the process when ``fd`` reaches its end (the service is gone)."""
+
+    def watch() -> None:
+        with contextlib.suppress(OSError):
+            while os.read(fd, _CHUNK):
+                pass
+        os._exit(137)
+
+    thread = threading.Thread(target=watch, daemon=True, name="lifeline")
+    thread.start()
+    return thread
+
+
 def main(argv: list[str]) -> None:
+    if os.environ.get(ENV_LIFELINE) == "stdin":
+        watch_lifeline()
     egress = os.environ.get(ENV_EGRESS_SOCKET, "")
     if egress:
         start_relay(egress)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from asyncio import Future
 from collections.abc import AsyncIterator
-from typing import cast
 
 from tornado.iostream import StreamClosedError
 
@@ -17,20 +17,74 @@ from binderbuild.models import BuildRequest
 
 log = logging.getLogger("binderbuild.web")
 
-_DONE = object()
-
 # Values of ?build_only= (case-insensitive); anything else is a 400.
 _TRUE_VALUES = frozenset({"true", "1", "yes"})
 _FLAG_VALUES = _TRUE_VALUES | {"false", "0", "no"}
 
 
+class _Keepalives:
+    """One timer for every open stream of a loop: a stream that wrote nothing
+    for ``interval`` seconds gets a keepalive comment. (One timer instead of
+    a timeout per stream and per wait: 10,000 streams cost one callback every
+    quarter interval.)"""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
+        self.loop = loop
+        self.interval = interval
+        self.streams: dict[EventStreamHandler, None] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, stream: EventStreamHandler) -> None:
+        self.streams[stream] = None
+        if self._timer is None:
+            self._schedule()
+
+    def discard(self, stream: EventStreamHandler) -> None:
+        self.streams.pop(stream, None)
+        if not self.streams and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _schedule(self) -> None:
+        self._timer = self.loop.call_later(max(0.01, self.interval / 4), self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        due = self.loop.time() - self.interval
+        for stream in list(self.streams):
+            if stream._last_write <= due:
+                stream._send_keepalive()
+        if self.streams:
+            self._schedule()
+
+
+_keepalives: dict[tuple[asyncio.AbstractEventLoop, float], _Keepalives] = {}
+
+
+def _keepalives_for(interval: float) -> _Keepalives:
+    loop = asyncio.get_running_loop()
+    shared = _keepalives.get((loop, interval))
+    if shared is None:
+        # Loops that are gone (tests run many) leave nothing behind.
+        for key in [k for k in _keepalives if k[0].is_closed()]:
+            del _keepalives[key]
+        shared = _keepalives[(loop, interval)] = _Keepalives(loop, interval)
+    return shared
+
+
 class EventStreamHandler(BaseHandler):
     """Writes an async iterator of events as Server-Sent Events.
 
-    The iterator runs in its own task so that keepalives can be written while
-    it is idle, and so a client that disconnects cancels exactly its own
-    consumer (never the shared build behind it).
+    The handler's own coroutine walks the iterator and writes each event: no
+    task, queue or timeout per stream. Keepalives come from one shared timer
+    (``_Keepalives``). A client that disconnects cancels exactly this
+    handler's wait (the iterator's generators close, so the build it
+    follows loses a follower at once), never the shared build behind it.
     """
+
+    _last_write = 0.0
+    _waiting = False  # suspended inside stream(): a client leaving may cancel it
+    _client_left = False
 
     def start_stream(self) -> None:
         self.set_header("Content-Type", "text/event-stream")
@@ -38,51 +92,76 @@ class EventStreamHandler(BaseHandler):
         self.set_header("X-Accel-Buffering", "no")  # nginx: do not buffer the stream
 
     async def stream(self, events: AsyncIterator[tuple[int | None, ProgressEvent]]) -> None:
-        queue: asyncio.Queue[object] = asyncio.Queue(maxsize=1000)
-
-        async def pump() -> None:
+        keepalives = _keepalives_for(self.ctx.settings.keepalive_interval)
+        self._task = asyncio.current_task()
+        self._last_write = keepalives.loop.time()
+        keepalives.add(self)
+        self._waiting = True
+        try:
+            final = False
             try:
-                async for item in events:
-                    await queue.put(item)
+                async for event_id, ev in events:
+                    if final:
+                        continue  # nothing follows a final event on the wire
+                    await self._send(encode_sse(ev, event_id))
+                    final = ev.phase.is_final
+                    # Keep walking after the final event: the iterator (the
+                    # pipeline) then ends by itself, as a finished run.
             except BinderBuildError as exc:
-                await queue.put((None, failed(exc.message, error_status(exc))))
-            except asyncio.CancelledError:
+                await self._send(encode_sse(failed(exc.message, error_status(exc))))
+            except (StreamClosedError, asyncio.CancelledError):
                 raise
             except Exception as exc:
                 log.exception("event stream crashed")
-                await queue.put((None, failed(f"Internal error: {type(exc).__name__}", 500)))
-            await queue.put(_DONE)
-
-        producer = asyncio.create_task(pump())
-        interval = self.ctx.settings.keepalive_interval
-        try:
-            while True:
-                try:
-                    item = await asyncio.wait_for(queue.get(), interval)
-                except TimeoutError:
-                    self.write(KEEPALIVE)
-                    await self.flush()
-                    continue
-                if item is _DONE:
-                    break
-                event_id, ev = cast(tuple[int | None, ProgressEvent], item)
-                self.write(encode_sse(ev, event_id))
-                await self.flush()
-                if ev.phase.is_final:
-                    break
-            self.write(NO_RECONNECT)
-            await self.flush()
+                await self._send(
+                    encode_sse(failed(f"Internal error: {type(exc).__name__}", 500))
+                )
+            await self._send(NO_RECONNECT)
         except StreamClosedError:
             log.debug("client left the event stream")
+        except asyncio.CancelledError:
+            if not self._client_left:
+                raise  # cancelled by someone else (shutdown): not ours to swallow
+            log.debug("client left the event stream")
         finally:
-            producer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await producer
+            self._waiting = False
+            keepalives.discard(self)
         with contextlib.suppress(StreamClosedError):
             self.finish()
 
+    async def _send(self, data: bytes) -> None:
+        self.write(data)
+        self._last_write = self._keepalive_loop_time()
+        await self.flush()
+
+    def _keepalive_loop_time(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _send_keepalive(self) -> None:
+        if self._client_left:
+            return
+        self._last_write = self._keepalive_loop_time()
+        try:
+            self.write(KEEPALIVE)
+            flushed = self.flush()
+        except StreamClosedError:
+            self._left()
+            return
+        flushed.add_done_callback(self._keepalive_flushed)
+
+    def _keepalive_flushed(self, fut: Future[None]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            self._left()
+
+    def _left(self) -> None:
+        if not self._client_left:
+            self._client_left = True
+            if self._waiting and self._task is not None:
+                self._task.cancel()
+
     def on_connection_close(self) -> None:
-        # The write loop notices at its next write; nothing else to release.
+        # Stop waiting for events nobody will read.
+        self._left()
         super().on_connection_close()
 
 

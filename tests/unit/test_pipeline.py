@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -30,7 +30,7 @@ from binderbuild.errors import (
     UnknownProvider,
 )
 from binderbuild.events import Phase, ProgressEvent
-from binderbuild.models import BuildRequest
+from binderbuild.models import BuildRequest, LaunchRequest, LaunchResult
 from binderbuild.pipeline import (
     KnownImages,
     Pipeline,
@@ -735,3 +735,45 @@ def test_known_images_expire_and_remember_only_successful_builds() -> None:
     assert "binder-nope:" + "a" * 40 not in known
     known.remember_built(finished(BuildState.SUCCEEDED, "yes"))
     assert "binder-yes:" + "a" * 40 in known
+
+
+# --- warm pools (issue 15) ----------------------------------------------------------
+
+
+class _WarmLauncher(FakeLauncher):
+    async def launch(  # type: ignore[override]
+        self, request: LaunchRequest
+    ) -> AsyncIterator[ProgressEvent | LaunchResult]:
+        self.requests.append(request)
+        yield LaunchResult(url="https://hub.example.org/user/w/", token="t", user="w", warm=True)
+
+
+def test_reports_say_whether_the_server_was_warm_or_cold() -> None:
+    async def scenario() -> None:
+        for launcher, expected in ((FakeLauncher(steps=1), False), (_WarmLauncher(), True)):
+            w = world(launcher=launcher)
+            await w.events()
+            (report,) = w.reports
+            assert report.warm is expected
+            await w.builds.close()
+        w = world(launcher=FakeLauncher(steps=1))
+        await w.events(build_only=True)
+        assert w.reports[0].warm is None
+        await w.builds.close()
+
+    run(scenario)
+
+
+def test_prepare_launch_resolves_and_never_builds() -> None:
+    async def scenario() -> None:
+        w = world(launcher=FakeLauncher(steps=1))
+        assert await w.pipeline.prepare_launch(w.request()) is None  # not built: no build either
+        assert w.builder.jobs == []
+        located = await w.pipeline.locate(w.target())
+        w.store.images.add(located.image.name)
+        prepared = await w.pipeline.prepare_launch(w.request())
+        assert prepared is not None and prepared.image == located.image.name
+        assert prepared.persistent_request_path == f"v2/fake/{located.ref.resolved_spec}"
+        await w.builds.close()
+
+    run(scenario)

@@ -136,8 +136,9 @@ def test_an_empty_log_gives_no_reason() -> None:
     ("code", "lines", "message"),
     [
         (1, (), "repo2docker exited with code 1"),
-        (137, (), "repo2docker exited with code 137"),
-        (-9, (), "repo2docker exited with code -9"),
+        # Killed from outside (issue 12): said in words, not as a number.
+        (137, (), "The builder was killed (SIGKILL, exit code 137) before the build finished."),
+        (-9, (), "The builder was killed (SIGKILL) before the build finished."),
         (
             1,
             (line("building", "Step 2/3\n"), line("failed", "Error: the command failed\n")),
@@ -152,7 +153,7 @@ def test_an_empty_log_gives_no_reason() -> None:
         (
             137,
             (line("failed", "Killed\n"), line("building", "cleanup\n")),
-            "repo2docker exited with code 137: Killed",
+            "The builder was killed (SIGKILL, exit code 137) before the build finished: Killed",
         ),
     ],
 )
@@ -195,3 +196,81 @@ def test_statuses_become_build_failures(status: str, lines: tuple[str, ...], mes
     failure = status_failure(status, reader_of(*lines))
     assert isinstance(failure, BuildFailed)
     assert failure.message == message
+
+
+# --- failure reasons people understand (issue 12) ----------------------------------
+
+STEP_137 = "The command '/bin/sh -c python3 -c \"x = bytearray(1 << 30)\"' returned a non-zero code: 137"
+
+
+@pytest.mark.parametrize(
+    ("code", "lines", "kwargs", "message"),
+    [
+        (
+            # A build step killed under the build containers' memory limit.
+            1,
+            (line("building", "Step 5/9\n"), line("failed", STEP_137 + "\n")),
+            {"memory_limit": 512 << 20},
+            f"The build ran out of memory (limit 512 MiB): {STEP_137}",
+        ),
+        (
+            # The same step without a limit: killed, not "out of memory".
+            1,
+            (line("failed", STEP_137 + "\n"),),
+            {},
+            f"A build step was killed (SIGKILL, exit code 137): {STEP_137}",
+        ),
+        (
+            # The sandbox container, killed by the kernel for its memory limit.
+            137,
+            (line("fetching", "Cloning\n"),),
+            {"memory_limit": 2 << 30, "oom_killed": True},
+            "The build ran out of memory (limit 2 GiB).",
+        ),
+        (
+            # OOM of a child (git): the container exits 1 but was OOM killed.
+            1,
+            (line("failed", "fatal: early EOF\n"),),
+            {"memory_limit": 1536 << 20, "oom_killed": True},
+            "The build ran out of memory (limit 1.5 GiB): fatal: early EOF",
+        ),
+        (
+            1,
+            (line("failed", "failed to copy files: write /var/lib/docker/tmp/x: no space left on device\n"),),
+            {},
+            "The build ran out of disk space on the build machine: failed to copy files: "
+            "write /var/lib/docker/tmp/x: no space left on device",
+        ),
+        (
+            1,
+            (
+                line("pushing", "Pushing 127.0.0.1:5000/b:1\n"),
+                line("failed", "Pushing 127.0.0.1:5000/b:1 failed: unknown: filesystem: no space left on device\n"),
+            ),
+            {},
+            "The registry ran out of disk space while the image was pushed: Pushing "
+            "127.0.0.1:5000/b:1 failed: unknown: filesystem: no space left on device",
+        ),
+        (
+            -15,
+            (line("building", "Step 2/3\n"),),
+            {},
+            "The builder was killed (SIGTERM) before the build finished.",
+        ),
+    ],
+)
+def test_failures_are_said_in_words(
+    code: int, lines: tuple[str, ...], kwargs: dict[str, Any], message: str
+) -> None:
+    failure = exit_failure(code, reader_of(*lines), **kwargs)
+    assert isinstance(failure, BuildFailed)
+    assert failure.message == message
+
+
+def test_memory_sizes_read_as_people_write_them() -> None:
+    from binderbuild.builders.r2d_log import human_bytes
+
+    assert human_bytes(512 << 20) == "512 MiB"
+    assert human_bytes(2 << 30) == "2 GiB"
+    assert human_bytes(1536 << 20) == "1.5 GiB"
+    assert human_bytes(1000) == "1000 bytes"

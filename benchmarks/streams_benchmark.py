@@ -1,0 +1,192 @@
+"""Benchmark of many clients following one build: memory per event stream.
+
+Starts a git server and a binderbuild service whose builder sleeps
+(``SleepingBuilder``, below: a build that emits one event per second and
+never touches Docker, so only the streams are measured). Opens --streams
+``/build`` event streams on one spec from one client process (non-blocking
+sockets, read and counted), then prints the service's resident memory
+before and with the streams open, per stream, its open file descriptors,
+and checks that every stream received every event, keepalives included.
+
+Goal on the 2-core reference machine (issue 15): 10,000 streams within
++150 MB (about 15 KiB per stream; a bare idle Tornado stream is about
+14 KiB), one descriptor each. CI runs the short form (--short: 1,000).
+
+    python -m benchmarks.streams_benchmark [--streams 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import secrets
+import selectors
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from binderbuild.builders.base import Builder
+from binderbuild.events import Phase, ProgressEvent, event
+from binderbuild.models import BuildJob
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class SleepingBuilder(Builder):
+    """A build that takes BINDERBUILD_BENCH_BUILD_SECONDS seconds, one
+    ``building`` event every BINDERBUILD_BENCH_TICK seconds, and builds nothing."""
+
+    async def build(self, job: BuildJob) -> AsyncIterator[ProgressEvent]:
+        seconds = float(os.environ.get("BINDERBUILD_BENCH_BUILD_SECONDS", "60"))
+        tick = float(os.environ.get("BINDERBUILD_BENCH_TICK", "1"))
+        yield event(Phase.BUILDING, f"sleeping for {seconds:g}s\n")
+        for i in range(int(seconds / tick)):
+            await asyncio.sleep(tick)
+            yield event(Phase.BUILDING, f"tick {i + 1}\n")
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+class Clients:
+    """N streams read by one selector: bytes, events and keepalives per stream."""
+
+    def __init__(self, port: int, path: str, count: int) -> None:
+        self.selector = selectors.DefaultSelector()
+        self.data: dict[socket.socket, bytearray] = {}
+        request = (
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode()
+        for i in range(count):
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(request)
+            sock.setblocking(False)
+            self.selector.register(sock, selectors.EVENT_READ)
+            self.data[sock] = bytearray()
+            if i % 200 == 199:
+                self.pump(0.05)  # let the service accept in batches
+
+    def pump(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for key, _ in self.selector.select(timeout=0.05):
+                sock: Any = key.fileobj
+                try:
+                    chunk = sock.recv(65536)
+                except BlockingIOError:
+                    continue
+                if chunk:
+                    self.data[sock] += chunk
+                else:
+                    self.selector.unregister(sock)
+                    sock.close()
+
+    @property
+    def open(self) -> int:
+        return len(self.selector.get_map())
+
+    def counts(self, needle: bytes) -> list[int]:
+        return [bytes(d).count(needle) for d in self.data.values()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", type=int, default=10000)
+    parser.add_argument("--short", action="store_true", help="CI form: 1,000 streams")
+    args = parser.parse_args(argv)
+    if args.short:
+        args.streams = 1000
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = args.streams + 1024
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
+
+    from tests.conftest import service_config
+    from tests.realservices import GitServer, dockerfile_repo_files, make_repo
+    from tests.service import BinderBuildService
+    from tests.sse import read_events
+
+    # Time to open every stream, then a few ticks and keepalives with all open.
+    build_seconds = 20 + args.streams // 200
+    with tempfile.TemporaryDirectory(prefix="binderbuild-streams-bench-") as tmp:
+        work = Path(tmp)
+        git = GitServer(work / "git")
+        git.start()
+        service: BinderBuildService | None = None
+        try:
+            service = BinderBuildService(
+                work / "svc",
+                service_config(
+                    None,
+                    "c.BinderBuild.build_class = 'benchmarks.streams_benchmark.SleepingBuilder'\n"
+                    # Idle gaps between events: keepalives are written too.
+                    "c.BinderBuild.keepalive_interval = 1\n",
+                ),
+                env={
+                    "PYTHONPATH": str(ROOT),
+                    "BINDERBUILD_BENCH_BUILD_SECONDS": str(build_seconds),
+                    "BINDERBUILD_BENCH_TICK": "3",
+                },
+            ).start()
+            assert service.proc is not None
+            pid = service.proc.pid
+            name = f"streams-{secrets.token_hex(4)}"
+            sha = make_repo(git.root, name, dockerfile_repo_files(name))
+            path = f"/build/git/{quote(git.git_url(name), safe='')}/{sha}?build_only=true"
+            # One request first: resolution cached, the build started.
+            read_events(service.url + path, stop_after=1, timeout=30)
+            time.sleep(0.5)
+            base_rss, base_fds = rss_kib(pid), open_fds(pid)
+
+            started = time.monotonic()
+            clients = Clients(service.port, path, args.streams)
+            clients.pump(3.0)
+            opened = time.monotonic() - started
+            # Every stream has its first events and a keepalive or two.
+            clients.pump(6.0)
+            open_rss, open_fds_now = rss_kib(pid), open_fds(pid)
+            # Until the build ends and every stream is closed by the service.
+            deadline = time.monotonic() + build_seconds + 60
+            while clients.open and time.monotonic() < deadline:
+                clients.pump(1.0)
+
+            per_stream = (open_rss - base_rss) / args.streams
+            ready = clients.counts(b'"phase": "ready"')
+            ticks = clients.counts(b"tick ")
+            keepalives = clients.counts(b":keepalive")
+            print(f"{args.streams} event streams following one build (opened in {opened:.1f}s):")
+            print(f"{'service RSS before / with streams':<36} {base_rss / 1024:.1f} MiB / "
+                  f"{open_rss / 1024:.1f} MiB  (+{(open_rss - base_rss) / 1024:.1f} MiB)")
+            print(f"{'RSS per stream':<36} {per_stream:.1f} KiB")
+            print(f"{'descriptors per stream':<36} {(open_fds_now - base_fds) / args.streams:.2f}")
+            print(f"{'streams that got ready':<36} {sum(1 for n in ready if n == 1)} of {args.streams}")
+            print(f"{'events per stream (ticks)':<36} min={min(ticks)} max={max(ticks)}")
+            print(f"{'keepalives per stream':<36} min={min(keepalives)} max={max(keepalives)}")
+            if any(n != 1 for n in ready) or min(ticks) != max(ticks):
+                print("some stream missed events", file=sys.stderr)
+                return 1
+            return 0
+        finally:
+            if service is not None:
+                service.stop()
+            git.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
