@@ -70,6 +70,10 @@ class BinderBuildError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def response_headers(self) -> dict[str, str]:
+        """Headers the HTTP answer to this error must carry (none by default)."""
+        return {}
+
 
 class RequestError(BinderBuildError):
     status = 400
@@ -102,9 +106,19 @@ class NotFound(RequestError):
 class RateLimited(RequestError):
     status = 429
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        retry_after: float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """``headers``: the limit's state (``X-RateLimit-*``), sent with the 429."""
         super().__init__(message)
         self.retry_after = retry_after
+        self.headers = dict(headers or {})
+
+    def response_headers(self) -> dict[str, str]:
+        return dict(self.headers)
 
 
 class UpstreamError(BinderBuildError):

@@ -202,6 +202,9 @@ class RateLimitCheck:
                 f"{_period(self.limiter.period_seconds)} from one address. Try again in about "
                 f"{minutes} minute{'s' if minutes != 1 else ''}, or use the launch page.",
                 retry_after=state.retry_after,
+                # The answer is written after Tornado clears the handler's
+                # headers, so the error carries them.
+                headers=state.headers(),
             )
 
 

@@ -9,16 +9,22 @@ Order, and why:
 
 1. scrubber, HTTP client, providers: everything below may log or fetch.
 2. metrics (needs the providers' hosts to name upstreams), event log.
-3. history store and the builds API state (their on_finished hook).
-4. image store, builder, build manager (with every on_started/on_finished
-   hook: metrics, history, the known-images cache).
-5. launcher, wrapped for metrics *before* the pipeline gets it, so the
-   pipeline and ``Services.launcher`` are the same object.
-6. pipeline (with its run observers: the launch event log).
-7. access control: tokens, hub login, client IPs, bans, rate limit, and the
+3. history store, usage tracker and the builds API state (their hooks).
+4. image store, builder (``BuildResources``: shared parts, and the history
+   hook for builds it finds that no manager started).
+5. the hub launcher and its warm pool, before the build manager: the pool
+   drains servers of an image that is built again (a manager hook).
+6. build manager, with every on_started/on_finished hook: write-ahead and
+   finished history, metrics, the known-images cache, usage, the pool.
+7. the launcher the pipeline uses, wrapped for metrics *before* the pipeline
+   gets it, so the pipeline and ``Services.launcher`` are the same object.
+8. pipeline (with its run observers: the launch event log, usage).
+9. access control: tokens, hub login, client IPs, bans, rate limit, and the
    admission checks built from them.
-8. health checks over all of the above.
+10. health checks over all of the above; the lifecycle cleaners.
 
+``start(services)`` starts the backend, marks builds a previous process left
+as interrupted, starts the pool and the cleaners;
 ``shutdown(services)`` releases them in reverse.
 """
 

@@ -86,9 +86,14 @@ class BaseHandler(RequestHandler):
         """Answer with ``exc``'s status and message (also used by handlers that
         must answer an error without raising, e.g. inside a stream)."""
         status = error_status(exc)
+        self._error_headers(exc)
+        self.write_json({"message": exc.message, "status_code": status}, status)
+
+    def _error_headers(self, exc: BinderBuildError) -> None:
+        for name, value in exc.response_headers().items():
+            self.set_header(name, value)
         if (after := retry_after(exc)) is not None:
             self.set_header("Retry-After", str(int(after) + 1))
-        self.write_json({"message": exc.message, "status_code": status}, status)
 
     def error_answer(self, status_code: int, kwargs: dict[str, Any]) -> tuple[int, str]:
         """(status, message) of the error Tornado is about to answer."""
@@ -97,8 +102,7 @@ class BaseHandler(RequestHandler):
         if isinstance(exc, BinderBuildError):
             status = error_status(exc)
             self.set_status(status)
-            if (after := retry_after(exc)) is not None:
-                self.set_header("Retry-After", str(int(after) + 1))
+            self._error_headers(exc)
             return status, exc.message
         if isinstance(exc, HTTPError) and exc.log_message:
             return status_code, exc.log_message
