@@ -125,18 +125,25 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if service is not None:
                 service.stop()
-            if hub is not None:
-                hub.stop()
-                try:
-                    import docker
-
-                    client = docker.from_env()
-                    hub.remove_containers(client)
-                    if image:
-                        client.images.remove(image, force=True)
-                except Exception:
-                    pass
+            stop_hub(hub, image)
             git.stop()
+
+
+def stop_hub(hub: HubService | None, image: str | None) -> None:
+    """Stop the benchmark's hub and remove its servers and the image it
+    launched (best effort: a benchmark must not fail while tidying up)."""
+    if hub is None:
+        return
+    hub.stop()
+    try:
+        import docker
+
+        client = docker.from_env()
+        hub.remove_containers(client)
+        if image:
+            client.images.remove(image, force=True)
+    except Exception:
+        pass
 
 
 if __name__ == "__main__":

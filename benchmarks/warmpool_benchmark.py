@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from benchmarks.launch_benchmark import report, user_of
+from benchmarks.launch_benchmark import report, stop_hub, user_of
 from binderbuild.models import ResolvedRef
 from binderbuild.naming import image_spec
 from tests.conftest import service_config
@@ -236,17 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for service in services:
                 service.stop()
-            if hub is not None:
-                hub.stop()
-                try:
-                    import docker
-
-                    client = docker.from_env()
-                    hub.remove_containers(client)
-                    if image:
-                        client.images.remove(image, force=True)
-                except Exception:
-                    pass
+            stop_hub(hub, image)
             git.stop()
 
 

@@ -226,6 +226,28 @@ def decode_events(blob: bytes) -> list[ProgressEvent]:
     return result
 
 
+def _store_build(
+    db: sqlite3.Connection, record: BuildRecord, blob: bytes, finished: float
+) -> None:
+    """Insert or replace one build's row (``finished`` orders pruning)."""
+    db.execute(
+        "INSERT OR REPLACE INTO builds "
+        "(id, provider, repo, build_name, state, created, finished, record, events) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            record.id,
+            record.provider,
+            record.repo,
+            record.build_name,
+            record.state,
+            record.created,
+            finished,
+            record.to_json(),
+            blob,
+        ),
+    )
+
+
 class BuildHistory(LoggingConfigurable):
     """SQLite store of finished builds with a retention limit."""
 
@@ -287,22 +309,7 @@ class BuildHistory(LoggingConfigurable):
         blob = encode_events(events)
 
         def write(db: sqlite3.Connection) -> None:
-            db.execute(
-                "INSERT OR REPLACE INTO builds "
-                "(id, provider, repo, build_name, state, created, finished, record, events) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.id,
-                    record.provider,
-                    record.repo,
-                    record.build_name,
-                    record.state,
-                    record.created,
-                    record.finished or time.time(),
-                    record.to_json(),
-                    blob,
-                ),
-            )
+            _store_build(db, record, blob, record.finished or time.time())
             # A finished build's record replaces its write-ahead one.
             db.execute("DELETE FROM running_builds WHERE id = ?", (record.id,))
             self._prune(db)
@@ -321,22 +328,7 @@ class BuildHistory(LoggingConfigurable):
         def write(db: sqlite3.Connection) -> None:
             with db:
                 db.execute("BEGIN")
-                db.execute(
-                    "INSERT OR REPLACE INTO builds "
-                    "(id, provider, repo, build_name, state, created, finished, record, events) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        record.id,
-                        record.provider,
-                        record.repo,
-                        record.build_name,
-                        record.state,
-                        record.created,
-                        time.time(),
-                        record.to_json(),
-                        blob,
-                    ),
-                )
+                _store_build(db, record, blob, time.time())
                 db.execute(
                     "INSERT OR REPLACE INTO running_builds (id, owner) VALUES (?, ?)",
                     (record.id, owner),
