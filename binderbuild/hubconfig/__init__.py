@@ -140,9 +140,10 @@ def render(cfg: HubConfig) -> str:
             f"--timeout={cfg.cull_timeout}",
             f"--cull-every={cfg.cull_every}",
             # Anonymous Binder: temporary users go with their servers.
-            # Authenticated: real users stay, their named servers go.
+            # Signed in: users and their named servers stay (stopped, with
+            # their storage) to be started again (docs/persistent-servers.md).
             f"--cull-users={'false' if cfg.auth_enabled else 'true'}",
-            f"--remove-named-servers={'true' if cfg.auth_enabled else 'false'}",
+            "--remove-named-servers=false",
         ]
         if cfg.cull_max_age > 0:
             culler.append(f"--max-age={cfg.cull_max_age}")

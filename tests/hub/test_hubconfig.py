@@ -71,7 +71,8 @@ def test_authenticated_config_keeps_users_and_culls_named_servers(tmp_path: Path
         )
     )
     culler = {s["name"]: s for s in c.JupyterHub.services}["idle-culler"]["command"]
-    assert "--cull-users=false" in culler and "--remove-named-servers=true" in culler
+    # Stopped, never deleted (issue 13): tests/hub/test_persistence_config.py.
+    assert "--cull-users=false" in culler and "--remove-named-servers=false" in culler
     assert "authenticator_class" not in c.JupyterHub
     c = load(render(HubConfig(tmp_path, "t" * 64, ["x-"], hub_ip="10.9.0.1", cull_timeout=0)))
     assert [s["name"] for s in c.JupyterHub.services] == ["binder"]
