@@ -38,6 +38,19 @@
 # opt-in of docs/security.md), BINDERBUILD_SERVER_MEM_LIMIT (2G),
 # BINDERBUILD_SERVER_CPU_LIMIT (1), BINDERBUILD_SERVER_PIDS_LIMIT (512),
 # BINDERBUILD_VAR (var/), BINDERBUILD_STOP_GRACE (5 s per component).
+#
+# Public mode (docs/public-single-machine.md): --public https://name[:port]
+# (BINDERBUILD_PUBLIC) puts binderbuild at / and the hub with every user
+# server at /jupyter/ (BINDERBUILD_HUB_PREFIX) behind one origin: the
+# proxy alone listens on the public port, on --listen ADDR
+# (BINDERBUILD_LISTEN, default 127.0.0.1), with the certificate of
+# --tls-cert/--tls-key (BINDERBUILD_TLS_CERT/_KEY) or, without them, a
+# self-signed one made in $VAR/singlemachine/tls. --http-port N
+# (BINDERBUILD_HTTP_PORT; 80 when the public port is 443) redirects plain
+# HTTP there; --hsts SECONDS (BINDERBUILD_HSTS) sends Strict-Transport-Security.
+# Everything else stays on loopback (or the servers' private network).
+# BINDERBUILD_LOG_TO=journal writes components' logs to stdout (systemd's
+# journal) instead of $VAR/log.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -59,6 +72,14 @@ SERVER_MEM_LIMIT="${BINDERBUILD_SERVER_MEM_LIMIT:-2G}"
 SERVER_CPU_LIMIT="${BINDERBUILD_SERVER_CPU_LIMIT:-1}"
 SERVER_PIDS_LIMIT="${BINDERBUILD_SERVER_PIDS_LIMIT:-512}"
 STOP_GRACE="${BINDERBUILD_STOP_GRACE:-5}"
+PUBLIC="${BINDERBUILD_PUBLIC:-}"
+LISTEN="${BINDERBUILD_LISTEN:-127.0.0.1}"
+TLS_CERT="${BINDERBUILD_TLS_CERT:-}"
+TLS_KEY="${BINDERBUILD_TLS_KEY:-}"
+HTTP_PORT="${BINDERBUILD_HTTP_PORT:-}"
+HSTS="${BINDERBUILD_HSTS:-0}"
+HUB_PREFIX="${BINDERBUILD_HUB_PREFIX:-/jupyter/}"
+LOG_TO="${BINDERBUILD_LOG_TO:-files}"
 USE_REGISTRY=1
 SETUP=1
 DEMO=1
@@ -73,7 +94,19 @@ while [ $# -gt 0 ]; do
         --no-demo) DEMO=0; shift ;;
         --config) EXTRA_CONFIG="$(realpath "$2")"; shift 2 ;;
         --config=*) EXTRA_CONFIG="$(realpath "${1#*=}")"; shift ;;
-        -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
+        --public) PUBLIC="$2"; shift 2 ;;
+        --public=*) PUBLIC="${1#*=}"; shift ;;
+        --listen) LISTEN="$2"; shift 2 ;;
+        --listen=*) LISTEN="${1#*=}"; shift ;;
+        --tls-cert) TLS_CERT="$2"; shift 2 ;;
+        --tls-cert=*) TLS_CERT="${1#*=}"; shift ;;
+        --tls-key) TLS_KEY="$2"; shift 2 ;;
+        --tls-key=*) TLS_KEY="${1#*=}"; shift ;;
+        --http-port) HTTP_PORT="$2"; shift 2 ;;
+        --http-port=*) HTTP_PORT="${1#*=}"; shift ;;
+        --hsts) HSTS="$2"; shift 2 ;;
+        --hsts=*) HSTS="${1#*=}"; shift ;;
+        -h|--help) sed -n '2,54p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -114,6 +147,54 @@ CHP="$ROOT/var/node/node_modules/.bin/configurable-http-proxy"
 [ -x "$CHP" ] || die "configurable-http-proxy missing ($CHP): run scripts/setup.sh"
 mkdir -p "$STATE/hub" "$STATE/run" "$LOG"
 
+# ------------------------------------------------------------ public mode: one origin
+# PUBLIC_ORIGIN (scheme://name:port, no path) is the only origin of every URL
+# handed out; binderbuild and the hub read it from their configuration,
+# never from a request's Host header.
+PUBLIC_ORIGIN=""
+if [ -n "$PUBLIC" ]; then
+    read -r PUBLIC_ORIGIN PUBLIC_SCHEME PUBLIC_NAME PUBLIC_PORT < <("$PY" - "$PUBLIC" <<'EOF'
+import sys
+from urllib.parse import urlsplit
+
+u = urlsplit(sys.argv[1])
+if u.scheme not in ("http", "https") or not u.hostname or u.path not in ("", "/") or u.query:
+    sys.exit(f"--public wants scheme://name[:port], got {sys.argv[1]!r}")
+port = u.port or (443 if u.scheme == "https" else 80)
+name = u.hostname
+host = f"[{name}]" if ":" in name else name
+default = port == (443 if u.scheme == "https" else 80)
+print(f"{u.scheme}://{host}{'' if default else f':{port}'}", u.scheme, name, port)
+EOF
+) || die "bad --public value $PUBLIC"
+    HUB_PREFIX="/$(printf '%s' "$HUB_PREFIX" | sed 's#^/*##; s#/*$##')/"
+    [ "$HUB_PREFIX" != "//" ] || die "BINDERBUILD_HUB_PREFIX must not be /: binderbuild is at /"
+    if [ -z "$HTTP_PORT" ] && [ "$PUBLIC_SCHEME" = https ] && [ "$PUBLIC_PORT" = 443 ]; then
+        HTTP_PORT=80
+    fi
+    if [ "$PUBLIC_SCHEME" = https ]; then
+        if [ -z "$TLS_CERT" ] && [ -z "$TLS_KEY" ]; then
+            # For trials: a self-signed certificate for the public name, kept
+            # (browsers warn once); replace with the operator's own.
+            TLS_CERT="$STATE/tls/selfsigned.crt" TLS_KEY="$STATE/tls/selfsigned.key"
+            if [ ! -s "$TLS_CERT" ] || [ ! -s "$TLS_KEY" ]; then
+                mkdir -p "$STATE/tls"
+                san="DNS:$PUBLIC_NAME"
+                "$PY" -c 'import ipaddress, sys; ipaddress.ip_address(sys.argv[1])' "$PUBLIC_NAME" 2>/dev/null \
+                    && san="IP:$PUBLIC_NAME"
+                (umask 077 && openssl req -x509 -newkey rsa:2048 -nodes -days 365 \
+                    -keyout "$TLS_KEY" -out "$TLS_CERT" -subj "/CN=$PUBLIC_NAME" \
+                    -addext "subjectAltName=$san" >/dev/null 2>&1) \
+                    || die "could not make a self-signed certificate (openssl)"
+                say "made a self-signed certificate for $PUBLIC_NAME: $TLS_CERT (for trials only)"
+            fi
+        fi
+        [ -r "$TLS_CERT" ] && [ -r "$TLS_KEY" ] || die "--tls-cert and --tls-key must both name readable files"
+    else
+        say "WARNING: --public $PUBLIC is plain HTTP: logins and tokens cross the network in clear."
+    fi
+fi
+
 # Servers run on an internal Docker network of their own; the hub's API
 # listens on the host's address there (the network's gateway), the only
 # address of this machine the servers need. Made when missing.
@@ -126,7 +207,15 @@ else
         || die "could not set up the Docker network $SERVER_NETWORK for the servers"
 fi
 
-for p in "$PORT" "$HUB_PORT" "$PROXY_API_PORT"; do
+INTERNAL_PORTS=("$PORT" "$PROXY_API_PORT")
+[ -n "$PUBLIC" ] || INTERNAL_PORTS+=("$HUB_PORT")
+if [ -n "$PUBLIC" ]; then
+    port_busy "$PUBLIC_PORT" "$LISTEN" && die "port $PUBLIC_PORT on $LISTEN is in use"
+    if [ -n "$HTTP_PORT" ]; then
+        port_busy "$HTTP_PORT" "$LISTEN" && die "port $HTTP_PORT on $LISTEN is in use"
+    fi
+fi
+for p in "${INTERNAL_PORTS[@]}"; do
     port_busy "$p" && die "port $p on 127.0.0.1 is in use (another run.sh? set BINDERBUILD_*PORT)"
 done
 port_busy "$HUB_API_PORT" "$HUB_IP" \
@@ -166,7 +255,12 @@ supervise() {  # name logfile command...
         delay=1
         while :; do
             since=$SECONDS
-            "$@" >>"$logfile" 2>&1 </dev/null &
+            if [ "$LOG_TO" = journal ]; then
+                # One stream, each line tagged with its component.
+                "$@" > >(sed -u "s/^/$name: /") 2>&1 </dev/null &
+            else
+                "$@" >>"$logfile" 2>&1 </dev/null &
+            fi
             child=$!
             echo "$child" >"$STATE/run/$name.pid"
             code=0
@@ -236,6 +330,8 @@ TOKEN_FILE="$STATE/binder-service-token"
     --image-prefix "$IMAGE_PREFIX" \
     --proxy-command "$CHP" \
     --port "$HUB_PORT" --hub-port "$HUB_API_PORT" --proxy-api-port "$PROXY_API_PORT" \
+    --base-url "$([ -n "$PUBLIC" ] && echo "$HUB_PREFIX" || echo /)" \
+    --public-url "$([ -n "$PUBLIC" ] && echo "$PUBLIC_ORIGIN$HUB_PREFIX" || true)" \
     --pull-policy "$PULL_POLICY" \
     --container-prefix "binder" \
     --cull-timeout "$CULL_TIMEOUT" \
@@ -267,17 +363,50 @@ if [ ! -s "$PROXY_TOKEN_FILE" ]; then
     (umask 077 && "$PY" -c 'import secrets; print(secrets.token_hex(32))' >"$PROXY_TOKEN_FILE")
 fi
 export CONFIGPROXY_AUTH_TOKEN="$(cat "$PROXY_TOKEN_FILE")"
+if [ -n "$PUBLIC" ]; then
+    if [ "$PUBLIC_SCHEME" = https ]; then
+        cat >>"$STATE/hub/jupyterhub_config.py" <<EOF
+# HTTPS only: every cookie the hub sets (its _xsrf cookie too) is Secure.
+c.JupyterHub.tornado_settings["cookie_options"] = {"secure": True}
+EOF
+    fi
+    if [ "$HSTS" != 0 ] && [ "$PUBLIC_SCHEME" = https ]; then
+        cat >>"$STATE/hub/jupyterhub_config.py" <<EOF
+c.JupyterHub.tornado_settings.setdefault("headers", {})["Strict-Transport-Security"] = "max-age=$HSTS"
+EOF
+    fi
+    # The one public port: binderbuild is the proxy's default target, the hub
+    # adds its own route for $HUB_PREFIX (and one per user server).
+    TLS_ARGS=()
+    [ "$PUBLIC_SCHEME" = https ] && TLS_ARGS=(--ssl-cert "$TLS_CERT" --ssl-key "$TLS_KEY")
+    say "starting the proxy on $PUBLIC_ORIGIN/ (listening on $LISTEN:$PUBLIC_PORT; log: $LOG/proxy.log)"
+    supervise proxy "$LOG/proxy.log" "$CHP" \
+        --ip "$LISTEN" --port "$PUBLIC_PORT" "${TLS_ARGS[@]}" \
+        --api-ip 127.0.0.1 --api-port "$PROXY_API_PORT" \
+        --default-target "http://127.0.0.1:$PORT" \
+        --error-target "http://$HUB_IP:$HUB_API_PORT${HUB_PREFIX}hub/error"
+    if [ -n "$HTTP_PORT" ] && [ "$PUBLIC_SCHEME" = https ]; then
+        say "redirecting http://$LISTEN:$HTTP_PORT/ to $PUBLIC_ORIGIN/"
+        supervise http-redirect "$LOG/http-redirect.log" "$PY" "$ROOT/scripts/https_redirect.py" \
+            --listen "$LISTEN" --port "$HTTP_PORT" --origin "$PUBLIC_ORIGIN"
+    fi
+else
 say "starting the proxy on http://127.0.0.1:$HUB_PORT/ (log: $LOG/proxy.log)"
 supervise proxy "$LOG/proxy.log" "$CHP" \
     --ip 127.0.0.1 --port "$HUB_PORT" \
     --api-ip 127.0.0.1 --api-port "$PROXY_API_PORT" \
     --default-target "http://$HUB_IP:$HUB_API_PORT" \
     --error-target "http://$HUB_IP:$HUB_API_PORT/hub/error"
+fi
 say "starting JupyterHub (log: $LOG/jupyterhub.log)"
 # The culler runs with this PATH; the hub in its state directory.
 supervise jupyterhub "$LOG/jupyterhub.log" env -C "$STATE/hub" PATH="$ROOT/.venv/bin:$PATH" \
     "$ROOT/.venv/bin/jupyterhub" -f "$STATE/hub/jupyterhub_config.py"
+if [ -n "$PUBLIC" ]; then
+    wait_http "http://$HUB_IP:$HUB_API_PORT${HUB_PREFIX}hub/api/" 90 JupyterHub "$LOG/jupyterhub.log"
+else
 wait_http "http://127.0.0.1:$HUB_PORT/hub/api/" 90 JupyterHub "$LOG/jupyterhub.log"
+fi
 unset CONFIGPROXY_AUTH_TOKEN
 
 # ------------------------------------------------------------ the demo repository
@@ -309,6 +438,8 @@ cat >"$STATE/binderbuild_config.py" <<EOF
 # Written by scripts/run.sh; see docs/operators.md.
 c.BinderBuild.ip = "127.0.0.1"
 c.BinderBuild.port = $PORT
+# The build history (and image usage) lives with the rest of the state.
+c.BinderBuild.data_dir = "$VAR"
 c.BinderBuild.hub_url = "http://127.0.0.1:$HUB_PORT/"
 # The hub's API listens on the host's address on the servers' network.
 c.BinderBuild.hub_url_local = "http://$HUB_IP:$HUB_API_PORT/"
@@ -337,6 +468,29 @@ c.RateLimiter.limit = int("${BINDERBUILD_RATE_LIMIT:-30}")
 c.RateLimiter.period_seconds = 3600
 c.BinderBuild.pod_quota = int("${BINDERBUILD_POD_QUOTA:-20}")
 EOF
+if [ -n "$PUBLIC" ]; then
+    cat >>"$STATE/binderbuild_config.py" <<EOF
+# Public mode: one origin (docs/public-single-machine.md). Every URL handed
+# out (ready URLs, share links, badges, OpenGraph, OAuth callback) starts
+# with $PUBLIC_ORIGIN, whatever Host a request names.
+c.BinderBuild.launch_host = "$PUBLIC_ORIGIN/"
+c.BinderBuild.hub_url = "$PUBLIC_ORIGIN$HUB_PREFIX"
+c.BinderBuild.hub_url_local = "http://$HUB_IP:$HUB_API_PORT$HUB_PREFIX"
+# Browsers come through the proxy on this machine: their address is the
+# last one it appends to X-Forwarded-For (rate limits count people, not it).
+c.BinderBuild.trusted_proxies = ["127.0.0.1/32"]
+EOF
+    if [ "$PUBLIC_SCHEME" = https ]; then
+        cat >>"$STATE/binderbuild_config.py" <<EOF
+c.HubOAuth.cookie_options = {"secure": True}
+EOF
+        if [ "$HSTS" != 0 ]; then
+            cat >>"$STATE/binderbuild_config.py" <<EOF
+c.BinderBuild.tornado_settings = {"extra_headers": {"Strict-Transport-Security": "max-age=$HSTS"}}
+EOF
+        fi
+    fi
+fi
 if [ -n "$EXTRA_CONFIG" ]; then
     # The operator's own settings, loaded last so they win.
     "$PY" -c 'import sys; print(f"# --config, loaded last\nload_subconfig({sys.argv[1]!r})")' \
@@ -347,6 +501,30 @@ supervise binderbuild "$LOG/binderbuild.log" \
     env JUPYTERHUB_API_TOKEN="$(cat "$TOKEN_FILE")" "$PY" -m binderbuild \
     --config="$STATE/binderbuild_config.py" --port="$PORT"
 wait_http "http://127.0.0.1:$PORT/versions" 60 binderbuild "$LOG/binderbuild.log"
+if [ -n "$PUBLIC" ]; then
+    # Through the proxy, as browsers come (-k: the name may not resolve here).
+    probe="$LISTEN"
+    case "$probe" in 0.0.0.0) probe=127.0.0.1 ;; ::) probe=::1 ;; esac
+    case "$probe" in *:*) probe="[$probe]" ;; esac
+    for _ in $(seq 100); do
+        curl -fsk -o /dev/null --max-time 2 "$PUBLIC_SCHEME://$probe:$PUBLIC_PORT/versions" && break
+        sleep 0.2
+    done
+    echo
+    say "a public Binder is running at $PUBLIC_ORIGIN/ (the hub: $PUBLIC_ORIGIN$HUB_PREFIX)"
+    say "  listening on $LISTEN:$PUBLIC_PORT only; binderbuild, the hub's API, the proxy's API"
+    say "  and the registry stay on 127.0.0.1 / the servers' network"
+    if [ -n "$DEMO_URL" ]; then
+        enc="$("$PY" -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$DEMO_URL")"
+        say "open the demo: $PUBLIC_ORIGIN/v2/git/$enc/HEAD"
+    fi
+    say "Ctrl-C stops everything."
+    set +e
+    while :; do
+        wait
+        sleep 1
+    done
+fi
 
 echo
 say "a complete Binder is running:"

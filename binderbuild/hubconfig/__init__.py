@@ -33,6 +33,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from binderbuild.hubconfig.auth import Login, render_login, service_oauth, user_role
+
 # The internal Docker network of the servers (binderbuild.hubconfig.network
 # makes it), and the name of the unsafe opt-in.
 DEFAULT_SERVER_NETWORK = "binderbuild-servers"
@@ -72,6 +74,11 @@ class HubConfig:
     hub_port: int = 8081  # the hub's own API (binderbuild's hub_url_local)
     proxy_api_port: int = 8001
     base_url: str = "/"
+    # The URL browsers use for the hub when it sits behind one public origin
+    # (scripts/run.sh --public): e.g. https://binder.example.org/jupyter/.
+    # Sets JupyterHub.public_url, so the hub's own links, redirects and Secure
+    # cookies follow it, never a request's Host header. Empty: http://ip:port.
+    external_url: str = ""
     # Where servers run: an internal bridge network (ensure_server_network
     # makes it), or "host", the unsafe opt-in (docs/security.md).
     docker_network: str = DEFAULT_SERVER_NETWORK
@@ -93,7 +100,17 @@ class HubConfig:
     cull_every: int = 60
     cull_max_age: int = 0
     auth_enabled: bool = False
+    # How people sign in with auth_enabled (binderbuild.hubconfig.auth):
+    # NativeLogin, OAuthLogin, or None (the hub's default, set in `extra`).
+    login: Login | None = None
     allow_named_servers: bool = True
+    # Signed-in servers only (docs/persistent-servers.md): each keeps its home
+    # in storage under storage_dir (default data_dir/storage) of storage_limit
+    # bytes ("": unlimited); profiles a user may pick (BinderSpawnerMixin.profiles).
+    persistent_storage: bool = True
+    storage_dir: str = ""
+    storage_limit: str = ""
+    profiles: list[dict[str, object]] = field(default_factory=list)
     service_name: str = "binder"
     service_url: str = ""  # binderbuild's URL, shown in the hub's service list
     python: str = field(default_factory=lambda: sys.executable)
@@ -101,7 +118,7 @@ class HubConfig:
 
     @property
     def public_url(self) -> str:
-        return f"http://{self.ip}:{self.port}{self.base_url}"
+        return self.external_url or f"http://{self.ip}:{self.port}{self.base_url}"
 
     @property
     def host_network(self) -> bool:
@@ -151,6 +168,9 @@ def render(cfg: HubConfig) -> str:
     if cfg.service_url:
         service["url"] = cfg.service_url
         service["display"] = True
+        if cfg.auth_enabled:
+            # binderbuild's pages log people in through the hub (OAuth).
+            service.update(service_oauth(cfg.service_name, cfg.service_url))
     services: list[dict[str, object]] = [service]
     roles: list[dict[str, object]] = [
         {
@@ -159,6 +179,8 @@ def render(cfg: HubConfig) -> str:
             "services": [cfg.service_name],
         }
     ]
+    if cfg.auth_enabled and cfg.service_url:
+        roles.append(user_role(cfg.service_name))
     if culler:
         services.append({"name": "idle-culler", "command": culler})
         roles.append(
@@ -192,6 +214,12 @@ def render(cfg: HubConfig) -> str:
         f"c.JupyterHub.cookie_secret_file = {str(data / 'jupyterhub_cookie_secret')!r}",
         f"c.JupyterHub.pid_file = {str(data / 'jupyterhub.pid')!r}",
         "c.JupyterHub.cleanup_servers = True",
+        *(
+            ["# The one public origin (docs/public-single-machine.md).",
+             f"c.JupyterHub.public_url = {cfg.external_url!r}"]
+            if cfg.external_url
+            else []
+        ),
         "",
         "# --- launches ---",
         "c.JupyterHub.spawner_class = 'binderbuild.spawner.BinderDockerSpawner'",
@@ -232,6 +260,19 @@ def render(cfg: HubConfig) -> str:
             f"c.JupyterHub.authenticator_class = {authenticator!r}",
             "c.Authenticator.any_allow_config = True  # no logins, no allow list needed",
         ]
+    if cfg.auth_enabled:
+        lines += [
+            "",
+            "# --- signed-in servers: storage that survives stop, start and rebuilds ---",
+            f"c.BinderSpawnerMixin.persistent_storage = {cfg.persistent_storage!r}",
+            f"c.BinderDockerSpawner.storage_dir = {cfg.storage_dir or str(data / 'storage')!r}",
+            f"c.BinderSpawnerMixin.storage_limit = {cfg.storage_limit!r}",
+            f"c.BinderSpawnerMixin.profiles = {list(cfg.profiles)!r}",
+        ]
+    if cfg.login is not None and not cfg.auth_enabled:
+        raise ValueError("a sign-in method (login) needs auth_enabled")
+    if cfg.auth_enabled:
+        lines += render_login(cfg.login, public_url=cfg.public_url)
     if cfg.registry_credentials_file:
         lines += [
             "",

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from binderbuild.hubconfig import HOST_NETWORK, HubConfig, write
+from binderbuild.hubconfig.auth import LoginConfigError, add_login_arguments, login_from_args
 from binderbuild.hubconfig.network import (
     DEFAULT_SERVER_NETWORK,
     ServerNetworkError,
@@ -41,6 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ip", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="public (proxy) port")
     parser.add_argument("--hub-port", type=int, default=8081)
+    parser.add_argument("--base-url", default="/", help="the hub's path prefix, e.g. /jupyter/")
+    parser.add_argument(
+        "--public-url",
+        default="",
+        help="the URL browsers use for the hub (with --base-url), e.g. "
+        "https://binder.example.org/jupyter/; default http://ip:port/",
+    )
     parser.add_argument("--proxy-api-port", type=int, default=8001)
     parser.add_argument(
         "--docker-network",
@@ -70,7 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cull-every", type=int, default=60)
     parser.add_argument("--auth-enabled", action="store_true")
     parser.add_argument("--service-url", default="")
+    add_login_arguments(parser)
     args = parser.parse_args(argv)
+    try:
+        login = login_from_args(args)
+    except LoginConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
     token_file: Path = args.token_file
     if token_file.exists():
@@ -97,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         proxy_command=args.proxy_command,
         ip=args.ip,
         port=args.port,
+        base_url="/" + args.base_url.strip("/") + "/" if args.base_url.strip("/") else "/",
+        external_url=args.public_url,
         hub_port=args.hub_port,
         proxy_api_port=args.proxy_api_port,
         docker_network=args.docker_network,
@@ -109,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         container_prefix=args.container_prefix,
         cull_timeout=args.cull_timeout,
         cull_every=args.cull_every,
-        auth_enabled=args.auth_enabled,
+        auth_enabled=args.auth_enabled or login is not None,
+        login=login,
         service_url=args.service_url,
     )
     try:
