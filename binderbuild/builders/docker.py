@@ -4,8 +4,8 @@ A build has two processes (``sandbox`` = True, the default):
 
 1. the **sandbox** (``builders/sandbox.py``): repo2docker fetches the
    repository, detects its buildpack, renders the Dockerfile and assembles
-   the build context in a container from the builder image, as uid 1000
-   with no capabilities, no Docker socket, no network but the build's egress
+   the build context in a container from the builder image, as uid
+   ``sandbox_uid`` (1000) with no capabilities, no Docker socket, no network but the build's egress
    proxy, and one writable mount (its own work directory). Its engine
    (``binderbuild_docker_api`` in export mode) writes the context and the
    build parameters out instead of building;
@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from traitlets import Bool, Dict, Float, Integer, List, Unicode, Union
+from traitlets import Bool, Dict, Float, Integer, List, TraitError, Unicode, Union, validate
 
 from binderbuild.builders import leftovers
 from binderbuild.builders import sandbox as sandbox_mod
@@ -162,6 +162,22 @@ class DockerBuilder(Builder):
         config=True,
         help="Memory limit of the build sandbox (fetch and detection), e.g. '2G'.",
     )
+    sandbox_uid = Integer(
+        sandbox_mod.SANDBOX_UID,
+        config=True,
+        help="""UID (and GID) of the build sandbox's user. Pick one that owns nothing on
+        this host (1000 is often the first human user): the sandbox's work directory is
+        given to it, and files it writes there belong to it. 0 is refused.""",
+    )
+
+    @validate("sandbox_uid")
+    def _valid_sandbox_uid(self, proposal: Any) -> int:
+        if int(proposal["value"]) <= 0:
+            raise TraitError(
+                "DockerBuilder.sandbox_uid must be positive: the sandbox is never root"
+            )
+        return int(proposal["value"])
+
     sandbox_pids_limit = Integer(
         1024, config=True, help="Maximum number of processes in the build sandbox."
     )
@@ -375,7 +391,7 @@ class DockerBuilder(Builder):
         config.write_text(repo2docker_config_text(job.ref.content_provider))
         try:
             for path in (box, config):
-                os.chown(path, sandbox_mod.SANDBOX_UID, sandbox_mod.SANDBOX_UID)
+                os.chown(path, self.sandbox_uid, self.sandbox_uid)
         except PermissionError:
             # The service is not root: let the sandbox's user write anyway.
             box.chmod(0o777)
@@ -407,6 +423,7 @@ class DockerBuilder(Builder):
                 pids_limit=self.sandbox_pids_limit,
                 image_name=job.image.name,
                 build=Path(workdir).name,
+                uid=self.sandbox_uid,
             )
             container = await asyncio.to_thread(client.containers.create, **args)
         except docker.errors.ImageNotFound:

@@ -20,7 +20,10 @@ How one ``build(job)`` goes:
    say) ends it with the scheduler's reason.
 3. **Stream its log, raced against the watch.** One log reader per build
    per process; the ``BuildManager`` fans its events out to every client.
-   Lines are repo2docker's JSON logs, read by ``r2d_log.R2dLogReader`` as
+   The log followed is the trusted ``builder`` container's: it relays the
+   sandbox container's log (repo2docker's fetch and detection, see
+   ``pod_manifests``), then adds its own (policy, build, push), so the
+   build's outcome is that one container's. Lines are repo2docker's JSON logs, read by ``r2d_log.R2dLogReader`` as
    the local backend reads its subprocess's output. If the stream breaks
    or goes quiet for ``log_read_timeout`` while the container still runs,
    it is requested again from the last timestamp seen, skipping lines
@@ -67,7 +70,19 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from traitlets import Bool, CaselessStrEnum, Dict, Float, Integer, List, Unicode, default, validate
+from traitlets import (
+    Bool,
+    CaselessStrEnum,
+    Dict,
+    Float,
+    Integer,
+    List,
+    TraitError,
+    Unicode,
+    Union,
+    default,
+    validate,
+)
 
 from binderbuild import __version__
 from binderbuild.builders import pod_manifests as pm
@@ -100,6 +115,7 @@ from binderbuild.k8s_status import (
 )
 from binderbuild.k8s_watch import PodWatcher
 from binderbuild.models import BuildJob
+from binderbuild.units import parse_bytes
 
 # Outcomes of adopted pods remembered (for operators and hooks).
 _ADOPTED_KEPT = 500
@@ -289,7 +305,48 @@ class KubernetesBuilder(Builder):
         help="Service account of build pods: one with no Role (the chart creates it). Its "
         "token is never mounted.",
     )
-    build_pod_uid = Integer(1000, config=True, help="UID (and GID) the builder container runs as.")
+    build_pod_uid = Integer(
+        1000,
+        config=True,
+        help="UID (and GID) the trusted builder container of build pods runs as (it "
+        "holds the build daemon's socket group and the push Secret).",
+    )
+    sandbox_uid = Integer(
+        1000,
+        config=True,
+        help="UID (and GID) the sandbox container of build pods runs as: repo2docker's "
+        "fetch and detection of the repository. Choose one that owns nothing on your "
+        "nodes; it never gets the Docker socket or the push credentials. 0 is refused.",
+    )
+
+    @validate("sandbox_uid", "build_pod_uid")
+    def _valid_uid(self, proposal: Any) -> int:
+        if int(proposal["value"]) <= 0:
+            raise TraitError(f"KubernetesBuilder.{proposal['trait'].name} must be positive")
+        return int(proposal["value"])
+
+    sandbox_memory_limit = Union(
+        [Integer(), Unicode()],
+        default_value="2G",
+        config=True,
+        help="Memory limit of the sandbox container of build pods (fetch and "
+        "detection), e.g. '2G'; 0: none.",
+    )
+    allowed_registries = List(
+        Unicode(),
+        config=True,
+        help="""Registries a repository's Dockerfile may name in FROM and COPY --from
+        (host or host:port; 'docker.io' covers names without a registry host). Empty:
+        every registry on a public address. The same as DockerBuilder.allowed_registries;
+        a fixed list of well-known registries also closes the daemon's second DNS lookup
+        (docs/security.md).""",
+    )
+    allowed_internal_registries = List(
+        Unicode(),
+        config=True,
+        help="""Registries on internal addresses a repository's Dockerfile may still name
+        in FROM or COPY --from (e.g. an in-cluster registry). Default: none.""",
+    )
     build_pod_labels = Dict(value_trait=Unicode(), config=True, help="Extra labels of build pods.")
     build_pod_annotations = Dict(
         value_trait=Unicode(), config=True, help="Extra annotations of build pods."
@@ -541,6 +598,10 @@ class KubernetesBuilder(Builder):
             active_deadline_seconds=self.build_active_deadline_seconds,
             priority_class_name=self.build_priority_class_name,
             pod_uid=self.build_pod_uid,
+            sandbox_uid=self.sandbox_uid,
+            sandbox_memory_limit=parse_bytes(self.sandbox_memory_limit),
+            allowed_registries=tuple(self.allowed_registries),
+            allowed_internal_registries=tuple(self.allowed_internal_registries),
             python=self.build_python,
             user_id=self.user_id,
             user_name=self.user_name,

@@ -9,26 +9,40 @@ What a build pod is, and why:
 * **Named by the build name** (``ImageSpec.build_name``): creating it is the
   cluster-wide lock. A second request, from this replica or another, gets
   409 AlreadyExists and follows the running pod instead of building again.
-* **repo2docker with binderbuild's Docker-API engine** (``r2d_command``), so
-  the builder image needs no ``docker`` CLI or buildx. Its config file is
-  passed in an environment variable and written to the pod's scratch
-  directory by a two-line shell prologue (a ConfigMap per build would need
-  more API rights and another object to clean up).
+* **Two containers: an untrusted sandbox and a trusted builder**, the split
+  of the Docker backend (docs/security.md). ``sandbox`` runs repo2docker
+  (fetch, buildpack detection, Dockerfile rendering, build context) with
+  binderbuild's engine in export mode: it writes the context and parameters
+  to a volume and never talks to Docker. It runs as ``sandbox_uid``, has no
+  Docker socket, no registry credentials, no service-account token, a
+  read-only root filesystem, no capabilities, its own memory limit, and its
+  network is the pod's, which the chart's NetworkPolicy limits to DNS and
+  public addresses. ``builder`` runs ``trusted_build``: it relays the
+  sandbox's log (the one log the service follows), waits for its exit
+  status, copies its output into a volume of its own, applies the
+  Dockerfile policy and builds and pushes through the node's build daemon
+  with the push Secret. Neither container sees the other's processes
+  (``shareProcessNamespace: false``); they share only the sandbox's work
+  volume, which the builder mounts read-only. repo2docker's config file is
+  passed in an environment variable and written by a two-line shell
+  prologue (a ConfigMap per build would need more API rights and another
+  object to clean up).
 * **The node's build daemon, not the host's Docker**: the socket directory
   of the builder DaemonSet (``docker_socket``, default
   ``/var/run/binderbuild-dind/<namespace>/<instance>/docker.sock``, the
   chart's layout, so two releases on one node never share a daemon) is
-  mounted from the node. The
+  mounted from the node into the builder container only. The
   directory, not the socket file, because a restarted daemon makes a new
   socket inode that a file mount would not see. Whoever can reach that
   socket controls that daemon, which is why it is a separate daemon with no
   access to the node's own containers.
-* **Least privilege**: non-root uid, no privilege escalation, all
-  capabilities dropped, read-only root filesystem (scratch space is an
-  emptyDir at /tmp), the default seccomp profile, no service-account token
+* **Least privilege**: non-root uids, no privilege escalation, all
+  capabilities dropped, read-only root filesystems (scratch space is
+  emptyDirs), the default seccomp profile, no service-account token
   (``automountServiceAccountToken: false``; the service account, if named,
   has no Role), no service-link environment variables. Access to the socket
-  comes from a supplementary group that the DaemonSet gives its socket.
+  comes from a supplementary group that the DaemonSet gives its socket
+  (pod-wide in Kubernetes, but the socket is mounted in the builder only).
 * **Push credentials from a Secret** (``valueFrom.secretKeyRef``), so they
   never appear in the pod spec that anyone with ``get pods`` can read.
 * ``restartPolicy: Never`` (a failed build is reported, not retried behind
@@ -47,7 +61,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from binderbuild.builders.r2d_command import repo2docker_argv, repo2docker_config_text
+from binderbuild.builders import sandbox as sandbox_mod
+from binderbuild.builders.dockerfile_policy import RegistryPolicy
+from binderbuild.builders.r2d_command import (
+    add_git_config,
+    git_fetch_config,
+    repo2docker_argv,
+    repo2docker_config_text,
+)
+from binderbuild.builders.sandbox_entry import ENV_REPORT_DIR
 from binderbuild.models import BuildJob, ResolvedRef
 
 # --- labels and annotations ------------------------------------------------
@@ -76,7 +98,10 @@ ANNOTATION_RESOLVED_REF = "binderbuild/resolved-ref"
 # <root>/<namespace>/<release> (helm/binderbuild/templates/_helpers.tpl).
 HOST_SOCKET_ROOT = "/var/run/binderbuild-dind"
 
+# The trusted container, whose log and exit status are the build's.
 CONTAINER_NAME = "builder"
+# The untrusted one: repo2docker's fetch and detection.
+SANDBOX_CONTAINER_NAME = "sandbox"
 
 # Zero to JupyterHub's dedicated user nodes: its user node pool is tainted
 # hub.jupyter.org/dedicated=user:NoSchedule, or hub.jupyter.org_dedicated
@@ -98,7 +123,15 @@ SOCKET_MOUNT_DIR = "/var/run/binderbuild-docker"
 # An emptyDir private to the pod (the root filesystem is read-only), so the
 # shared-/tmp hazards the S108 rule is about do not arise.
 SCRATCH_DIR = "/tmp"  # noqa: S108
-R2D_CONFIG_PATH = f"{SCRATCH_DIR}/repo2docker_config.py"
+# The builder's private copy of the sandbox's output (on its scratch volume).
+TRUSTED_CONTEXT_DIR = f"{SCRATCH_DIR}/context"
+# The sandbox's work volume, as the sandbox sees it (read-write: checkout,
+# output, log) and as the builder does (read-only).
+SANDBOX_WORK_DIR = sandbox_mod.WORK_DIR
+SANDBOX_VIEW_DIR = "/sandbox"
+R2D_CONFIG_PATH = f"{SANDBOX_WORK_DIR}/repo2docker_config.py"
+# The sandbox's HOME (git and Python write a little there).
+SANDBOX_HOME_SIZE = "64Mi"
 
 # Environment variables the prologue and the engine read; operators' and
 # jobs' extra variables cannot replace them.
@@ -114,15 +147,22 @@ RESERVED_ENV = frozenset(
         "BINDERBUILD_BUILD_MEMORY_LIMIT",
         "CONTAINER_ENGINE_REGISTRY_CREDENTIALS",
         "HOME",
+        "TMPDIR",
+        "BINDERBUILD_ENGINE_EXPORT_DIR",
+        ENV_REPORT_DIR,
     }
 )
 
-# Runs before repo2docker: write its config file, then wait (briefly) for the
-# node's build daemon, which may be restarting, so that the build fails with
-# the engine's clear "cannot reach the Docker daemon" only if it stays away.
-# repo2docker's argv follows as "$@", so nothing is re-parsed by the shell.
+# Runs before repo2docker in the sandbox: write its config file. repo2docker's
+# argv follows as "$@", so nothing is re-parsed by the shell.
+SANDBOX_PROLOGUE = (
+    'printf "%s" "$BINDERBUILD_R2D_CONFIG" > ' + R2D_CONFIG_PATH + ' || exit 1\nexec "$@"\n'
+)
+
+# Runs before the trusted step in the builder: wait (briefly) for the node's
+# build daemon, which may be restarting, so that the build fails with the
+# engine's clear "cannot reach the Docker daemon" only if it stays away.
 PROLOGUE = (
-    'printf "%s" "$BINDERBUILD_R2D_CONFIG" > ' + R2D_CONFIG_PATH + " || exit 1\n"
     "i=0\n"
     'while [ ! -S "$BINDERBUILD_DOCKER_SOCKET" ] && [ "$i" -lt 30 ]; do\n'
     "  sleep 1; i=$((i + 1))\n"
@@ -160,6 +200,12 @@ class BuildPodConfig:
     termination_grace_seconds: int = 10
     priority_class_name: str = ""
     pod_uid: int = 1000
+    # The sandbox container's uid and gid (KubernetesBuilder.sandbox_uid).
+    sandbox_uid: int = sandbox_mod.SANDBOX_UID
+    sandbox_memory_limit: int = 0  # bytes; 0: none
+    # The Dockerfile policy's registry lists (dockerfile_policy.RegistryPolicy).
+    allowed_registries: tuple[str, ...] = ()
+    allowed_internal_registries: tuple[str, ...] = ()
     python: str = "python"
     user_id: int = 1000
     user_name: str = "jovyan"
@@ -335,25 +381,22 @@ def build_resources(config: BuildPodConfig) -> dict[str, Any]:
 
 
 def build_env(job: BuildJob, config: BuildPodConfig) -> list[dict[str, Any]]:
-    """Container environment: extra variables first, then ours, which win."""
+    """The builder's (trusted) environment: the build daemon, the build
+    steps' limits, the Dockerfile policy and the push credentials. Nothing of
+    the operator's or the job's extra variables: those are for the fetch."""
     socket_in_pod = posixpath.join(SOCKET_MOUNT_DIR, posixpath.basename(config.socket_path))
-    values: dict[str, str] = {}
-    for key, value in [*config.extra_env.items(), *job.extra_env]:
-        if key not in RESERVED_ENV:
-            values[key] = str(value)
-    values.update(
-        {
-            "HOME": SCRATCH_DIR,
-            "LANG": values.get("LANG", "C.UTF-8"),
-            "PYTHONUNBUFFERED": "1",
-            "GIT_TERMINAL_PROMPT": "0",
-            ENV_R2D_CONFIG: repo2docker_config_text(job.ref.content_provider),
-            ENV_SOCKET: socket_in_pod,
-            "BINDERBUILD_DOCKER_HOST": f"unix://{socket_in_pod}",
-            "DOCKER_HOST": f"unix://{socket_in_pod}",
-            "BINDERBUILD_BUILD_NETWORK": config.build_network,
-        }
-    )
+    values: dict[str, str] = {
+        "HOME": SCRATCH_DIR,
+        "LANG": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+        ENV_SOCKET: socket_in_pod,
+        "BINDERBUILD_DOCKER_HOST": f"unix://{socket_in_pod}",
+        "DOCKER_HOST": f"unix://{socket_in_pod}",
+        "BINDERBUILD_BUILD_NETWORK": config.build_network,
+        **RegistryPolicy(
+            tuple(config.allowed_registries), tuple(config.allowed_internal_registries)
+        ).to_env(),
+    }
     if config.memory_limit:
         values["BINDERBUILD_BUILD_MEMORY_LIMIT"] = str(config.memory_limit)
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in values.items()]
@@ -369,23 +412,68 @@ def build_env(job: BuildJob, config: BuildPodConfig) -> list[dict[str, Any]]:
     return env
 
 
-def build_command(job: BuildJob, config: BuildPodConfig) -> list[str]:
+def sandbox_env(job: BuildJob, config: BuildPodConfig) -> list[dict[str, Any]]:
+    """The sandbox's environment: extra variables first (the operator's, the
+    job's, e.g. a private repository's credential helper), then ours, which
+    win; git limited to its safe transports. No socket, no credentials."""
+    extra: dict[str, str] = {}
+    for key, value in [*config.extra_env.items(), *job.extra_env]:
+        if key not in RESERVED_ENV:
+            extra[key] = str(value)
+    values = sandbox_mod.sandbox_env(proxied=False, extra=(extra,))
+    values["LANG"] = extra.get("LANG", "C.UTF-8")
+    values[ENV_R2D_CONFIG] = repo2docker_config_text(job.ref.content_provider)
+    values[ENV_REPORT_DIR] = SANDBOX_WORK_DIR
+    add_git_config(values, git_fetch_config(""))
+    return [{"name": k, "value": v} for k, v in values.items()]
+
+
+def sandbox_command(job: BuildJob, config: BuildPodConfig) -> list[str]:
+    """repo2docker in export mode, under ``sandbox_entry`` (which reports its
+    log and status to the builder through the shared volume)."""
     argv = repo2docker_argv(
         python=config.python,
         repo_url=job.ref.repo_url,
         ref=job.ref.resolved_ref,
         image_name=job.image.name,
-        push=job.push,
+        push=False,
         config_path=R2D_CONFIG_PATH,
         user_id=config.user_id,
         user_name=config.user_name,
         extra_args=config.extra_args,
     )
+    # argv is "python -m repo2docker ARGS": sandbox_entry runs it the same way.
+    entry = [config.python, "-m", "binderbuild.builders.sandbox_entry", *argv[3:]]
+    return ["tini", "--", "/bin/sh", "-c", SANDBOX_PROLOGUE, "binderbuild-sandbox", *entry]
+
+
+def build_command(job: BuildJob, config: BuildPodConfig) -> list[str]:
+    """The trusted step, following the sandbox first."""
+    argv = [
+        config.python,
+        "-m",
+        "binderbuild.builders.trusted_build",
+        f"--sandbox={SANDBOX_VIEW_DIR}",
+        f"--dir={TRUSTED_CONTEXT_DIR}",
+        f"--tag={job.image.name}",
+        "--push" if job.push else "--no-push",
+    ]
     # tini is PID 1: a plain process as PID 1 ignores SIGTERM, so deleting a
     # build pod would wait out its whole grace period; tini forwards the
-    # signal to repo2docker. $0 of the prologue names it in `ps`;
-    # repo2docker's argv is "$@".
+    # signal. $0 of the prologue names it in `ps`; the step's argv is "$@".
     return ["tini", "--", "/bin/sh", "-c", PROLOGUE, "binderbuild-build", *argv]
+
+
+def _locked_down(uid: int) -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "runAsGroup": uid,
+    }
 
 
 def build_pod_manifest(
@@ -397,8 +485,8 @@ def build_pod_manifest(
         raise ValueError(
             f"docker_socket must be the absolute path of a socket on the node, not {socket_path!r}"
         )
-    if config.pod_uid <= 0:
-        raise ValueError("build pods never run as root: pod_uid must be positive")
+    if config.pod_uid <= 0 or config.sandbox_uid <= 0:
+        raise ValueError("build pods never run as root: pod_uid and sandbox_uid must be positive")
     if config.user_nodes not in USER_NODES_MODES:
         raise ValueError(
             f"user_nodes must be one of {', '.join(repr(m) for m in USER_NODES_MODES)}, "
@@ -428,7 +516,11 @@ def build_pod_manifest(
                 "type": "DirectoryOrCreate",
             },
         },
+        # The builder's own: HOME and its copy of the sandbox's output.
         {"name": "scratch", "emptyDir": _empty_dir(config.scratch_size_limit)},
+        # The sandbox's checkout, output and log; the builder reads it.
+        {"name": "sandbox-work", "emptyDir": _empty_dir(config.scratch_size_limit)},
+        {"name": "sandbox-home", "emptyDir": _empty_dir(SANDBOX_HOME_SIZE)},
     ]
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
@@ -443,24 +535,36 @@ def build_pod_manifest(
             # in the node's socket directory.
             {"name": "docker-socket", "mountPath": SOCKET_MOUNT_DIR, "readOnly": True},
             {"name": "scratch", "mountPath": SCRATCH_DIR},
+            {"name": "sandbox-work", "mountPath": SANDBOX_VIEW_DIR, "readOnly": True},
         ],
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "privileged": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-            "runAsNonRoot": True,
-        },
+        "securityContext": _locked_down(config.pod_uid),
     }
     resources = build_resources(config)
     if resources:
         container["resources"] = resources
+    sandbox: dict[str, Any] = {
+        "name": SANDBOX_CONTAINER_NAME,
+        "image": config.build_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": sandbox_command(job, config),
+        "workingDir": SANDBOX_WORK_DIR,
+        "env": sandbox_env(job, config),
+        "volumeMounts": [
+            {"name": "sandbox-work", "mountPath": SANDBOX_WORK_DIR},
+            {"name": "sandbox-home", "mountPath": sandbox_mod.CONTAINER_TMP},
+        ],
+        "securityContext": _locked_down(config.sandbox_uid),
+    }
+    if config.sandbox_memory_limit:
+        sandbox["resources"] = {"limits": {"memory": str(config.sandbox_memory_limit)}}
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "activeDeadlineSeconds": int(config.active_deadline_seconds),
         "terminationGracePeriodSeconds": int(config.termination_grace_seconds),
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
+        # The sandbox never sees the builder's processes (or their environment).
+        "shareProcessNamespace": False,
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": config.pod_uid,
@@ -468,7 +572,7 @@ def build_pod_manifest(
             "supplementalGroups": [config.docker_socket_gid],
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [container],
+        "containers": [sandbox, container],
         "volumes": volumes,
         "affinity": build_affinity(config, preferred_node),
     }

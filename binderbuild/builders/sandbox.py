@@ -6,7 +6,8 @@ the checkout, Dockerfile rendering, assembling the build context) runs here,
 in a container from the builder image (``images/builder``), never on the
 host and never next to the Docker socket:
 
-- user 1000:1000, all capabilities dropped, ``no-new-privileges``, read-only
+- an unprivileged uid:gid (``DockerBuilder.sandbox_uid``, default
+  ``SANDBOX_UID`` = 1000), all capabilities dropped, ``no-new-privileges``, read-only
   root filesystem, a small ``/tmp`` tmpfs as ``HOME``, memory and PID limits;
 - network ``none``: its only way out is the build's egress proxy, whose Unix
   socket is mounted read-only at ``/run/binderbuild/egress.sock`` and relayed
@@ -57,6 +58,8 @@ CHECKOUT_TMP = f"{WORK_DIR}/tmp"  # noqa: S108 - the sandbox's own directory
 CONTAINER_TMP = "/tmp"  # noqa: S108
 EGRESS_DIR = "/run/binderbuild"
 EGRESS_SOCKET_NAME = "egress.sock"
+# The default uid (and gid) of the sandbox's user (DockerBuilder.sandbox_uid,
+# KubernetesBuilder.sandbox_uid): the builder image's user.
 SANDBOX_UID = 1000
 ROLE_LABEL = leftovers.ROLE_LABEL
 ROLE = "build-sandbox"
@@ -117,14 +120,18 @@ def container_args(
     pids_limit: int,
     image_name: str,
     build: str = "",
+    uid: int = SANDBOX_UID,
 ) -> dict[str, Any]:
     """``containers.create`` arguments of one build's sandbox.
 
     ``work_dir`` (host) becomes ``/work``; ``egress_dir`` (host, holding the
     proxy's socket) is mounted read-only, or not at all when builds are not
     filtered (then ``network`` is the operator's build network). ``build``
-    names the build's work directory (a label, for the sweep at start).
+    names the build's work directory (a label, for the sweep at start);
+    ``uid`` is the user (and group) it runs as, never 0.
     """
+    if uid <= 0:
+        raise ValueError("the build sandbox never runs as root: its uid must be positive")
     from docker.types import Mount
 
     mounts = [Mount(WORK_DIR, work_dir, type="bind", read_only=False)]
@@ -133,7 +140,7 @@ def container_args(
     return {
         "image": image,
         "command": ["python", "-m", "binderbuild.builders.sandbox_entry", *r2d_args],
-        "user": f"{SANDBOX_UID}:{SANDBOX_UID}",
+        "user": f"{uid}:{uid}",
         # The lifeline (see the module's docstring) wins over any extra env.
         "environment": {**env, ENV_LIFELINE: "stdin"},
         # docker-py sets StdinOnce for stdin_open only when not "detached"
@@ -193,9 +200,7 @@ async def container_lines(client: Any, container_id: str) -> AsyncIterator[str]:
 
 async def remove(client: Any, container_id: str) -> None:
     """Kill and remove the container, even while the caller is being cancelled."""
-    task = asyncio.ensure_future(
-        asyncio.to_thread(_remove_quietly, client, container_id)
-    )
+    task = asyncio.ensure_future(asyncio.to_thread(_remove_quietly, client, container_id))
     try:
         await asyncio.shield(task)
     except asyncio.CancelledError:

@@ -18,20 +18,38 @@ no relay), ``BINDERBUILD_SANDBOX_GIT_PROXY`` (where to write the
 ``BINDERBUILD_SANDBOX_LIFELINE=stdin``: exit (137) as soon as stdin reaches
 its end, which is when the service holding it is gone (``sandbox.py``); as
 the container's PID 1, that ends every process in it.
+
+``BINDERBUILD_SANDBOX_REPORT_DIR`` (build pods, ``pod_manifests``): nobody
+reads the container's output there, the trusted container of the same pod
+reads files. repo2docker then runs as a child process with its output in
+``sandbox.log`` of that directory; this process holds an exclusive ``flock``
+on ``alive`` while it runs and writes repo2docker's exit status to
+``status`` when it ends (``report_child``). The trusted step
+(``trusted_build --sandbox``) relays the log and waits for the status, or
+for the lock to be released without one (this process was killed).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import runpy
+import signal
 import socket
+import subprocess
 import sys
 import threading
+from types import FrameType
 
 ENV_EGRESS_SOCKET = "BINDERBUILD_SANDBOX_EGRESS_SOCKET"
 ENV_GIT_PROXY = "BINDERBUILD_SANDBOX_GIT_PROXY"
 ENV_LIFELINE = "BINDERBUILD_SANDBOX_LIFELINE"
+ENV_REPORT_DIR = "BINDERBUILD_SANDBOX_REPORT_DIR"
+# The files of the report directory (read by trusted_build.follow_sandbox).
+REPORT_LOG = "sandbox.log"
+REPORT_ALIVE = "alive"
+REPORT_STATUS = "status"
 RELAY_HOST = "127.0.0.1"
 RELAY_PORT = 3128
 
@@ -99,7 +117,56 @@ def watch_lifeline(fd: int = 0) -> threading.Thread:
     return thread
 
 
+def hold_alive(report_dir: str) -> int:
+    """Create ``alive`` in ``report_dir`` already locked (made under another
+    name, locked, then renamed), so whoever sees the file and can take the
+    lock knows its holder is gone. Returns the descriptor to keep open."""
+    tmp = os.path.join(report_dir, f".{REPORT_ALIVE}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.rename(tmp, os.path.join(report_dir, REPORT_ALIVE))
+    return fd
+
+
+def write_status(report_dir: str, code: int) -> None:
+    tmp = os.path.join(report_dir, f".{REPORT_STATUS}.{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(f"{code}\n")
+    os.rename(tmp, os.path.join(report_dir, REPORT_STATUS))
+
+
+def report_child(argv: list[str], report_dir: str) -> int:
+    """Run ``argv`` with its output in ``sandbox.log``, holding ``alive``
+    locked, and write its exit status (negative: killed by that signal)."""
+    alive = hold_alive(report_dir)
+    log_fd = os.open(
+        os.path.join(report_dir, REPORT_LOG),
+        os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW,
+        0o644,
+    )
+    child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd)
+    os.close(log_fd)
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, forward)
+    code = child.wait()
+    write_status(report_dir, code)
+    os.close(alive)
+    return code
+
+
 def main(argv: list[str]) -> None:
+    report_dir = os.environ.get(ENV_REPORT_DIR, "")
+    if report_dir:
+        tmpdir = os.environ.get("TMPDIR", "")
+        if tmpdir:
+            os.makedirs(tmpdir, exist_ok=True)
+        code = report_child([sys.executable, "-m", "repo2docker", *argv], report_dir)
+        sys.exit(0 if code == 0 else 1)
     if os.environ.get(ENV_LIFELINE) == "stdin":
         watch_lifeline()
     egress = os.environ.get(ENV_EGRESS_SOCKET, "")

@@ -29,13 +29,18 @@ def config(**overrides) -> pm.BuildPodConfig:
     return pm.BuildPodConfig(**values)
 
 
-def container(pod: dict) -> dict:
-    (only,) = pod["spec"]["containers"]
-    return only
+def container(pod: dict, name: str = pm.CONTAINER_NAME) -> dict:
+    """One container of the pod by name: the trusted builder by default."""
+    (found,) = [c for c in pod["spec"]["containers"] if c["name"] == name]
+    return found
 
 
-def env_of(pod: dict) -> dict:
-    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(pod)["env"]}
+def sandbox(pod: dict) -> dict:
+    return container(pod, pm.SANDBOX_CONTAINER_NAME)
+
+
+def env_of(pod: dict, name: str = pm.CONTAINER_NAME) -> dict:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(pod, name)["env"]}
 
 
 def test_named_and_labelled_by_the_build():
@@ -94,18 +99,23 @@ def test_pod_level_safety():
 
 def test_container_security_context():
     pod = pm.build_pod_manifest(make_job(), config())
-    assert container(pod)["securityContext"] == {
-        "allowPrivilegeEscalation": False,
-        "privileged": False,
-        "readOnlyRootFilesystem": True,
-        "capabilities": {"drop": ["ALL"]},
-        "runAsNonRoot": True,
-    }
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["sandbox", "builder"]
+    for name in ("sandbox", "builder"):
+        assert container(pod, name)["securityContext"] == {
+            "allowPrivilegeEscalation": False,
+            "privileged": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "runAsGroup": 1000,
+        }
 
 
-def test_root_is_refused():
+@pytest.mark.parametrize("field", ["pod_uid", "sandbox_uid"])
+def test_root_is_refused(field):
     with pytest.raises(ValueError, match="root"):
-        pm.build_pod_manifest(make_job(), config(pod_uid=0))
+        pm.build_pod_manifest(make_job(), config(**{field: 0}))
 
 
 def test_volumes_mount_the_builder_daemon_socket_directory_not_the_hosts_docker():
@@ -123,6 +133,7 @@ def test_volumes_mount_the_builder_daemon_socket_directory_not_the_hosts_docker(
         "/var/run/binderbuild-dind/binder/staging"
     )
     assert volumes["scratch"] == {"name": "scratch", "emptyDir": {}}
+    assert volumes["sandbox-work"] == {"name": "sandbox-work", "emptyDir": {}}
     host_paths = [v["hostPath"]["path"] for v in pod["spec"]["volumes"] if "hostPath" in v]
     assert "/var/run" not in host_paths and "/var/run/docker.sock" not in host_paths
     mounts = {m["name"]: m for m in container(pod)["volumeMounts"]}
@@ -132,6 +143,11 @@ def test_volumes_mount_the_builder_daemon_socket_directory_not_the_hosts_docker(
         "readOnly": True,
     }
     assert mounts["scratch"]["mountPath"] == pm.SCRATCH_DIR
+    assert mounts["sandbox-work"] == {
+        "name": "sandbox-work",
+        "mountPath": pm.SANDBOX_VIEW_DIR,
+        "readOnly": True,
+    }
     env = env_of(pod)
     assert env["BINDERBUILD_DOCKER_HOST"] == "unix:///var/run/binderbuild-docker/docker.sock"
     assert env["DOCKER_HOST"] == env["BINDERBUILD_DOCKER_HOST"]
@@ -146,6 +162,7 @@ def test_custom_socket_path_and_scratch_limit():
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     assert volumes["docker-socket"]["hostPath"]["path"] == "/run/dind-x"
     assert volumes["scratch"]["emptyDir"] == {"sizeLimit": "20Gi"}
+    assert volumes["sandbox-work"]["emptyDir"] == {"sizeLimit": "20Gi"}
     assert env_of(pod)["BINDERBUILD_DOCKER_SOCKET"] == "/var/run/binderbuild-docker/engine.sock"
 
 
@@ -156,39 +173,76 @@ def test_socket_must_be_an_absolute_file_path(bad):
         pm.build_pod_manifest(make_job(), config(docker_socket=bad))
 
 
-def test_command_runs_repo2docker_with_the_docker_api_engine():
+def test_sandbox_runs_repo2docker_with_the_docker_api_engine_in_export_mode():
     job = make_job()
-    command = container(pm.build_pod_manifest(job, config()))["command"]
+    pod = pm.build_pod_manifest(job, config())
+    command = sandbox(pod)["command"]
     # tini as PID 1 forwards SIGTERM, so deleting a pod stops the build at once.
     assert command[:4] == ["tini", "--", "/bin/sh", "-c"]
-    assert command[4] == pm.PROLOGUE
+    assert command[4] == pm.SANDBOX_PROLOGUE
     argv = command[6:]
-    assert argv[:3] == ["python", "-m", "repo2docker"]
+    assert argv[:3] == ["python", "-m", "binderbuild.builders.sandbox_entry"]
     assert f"--engine={ENGINE_NAME}" in argv
-    assert "--json-logs" in argv and "--no-run" in argv and "--push" in argv
+    assert "--json-logs" in argv and "--no-run" in argv
+    # The sandbox never pushes: it has nothing to push with.
+    assert "--no-push" in argv and "--push" not in argv
     assert f"--image-name={job.image.name}" in argv
     assert f"--ref={job.ref.resolved_ref}" in argv
     assert f"--config={pm.R2D_CONFIG_PATH}" in argv
     # The repository comes last, after "--": it can never be read as an option.
     assert argv[-2:] == ["--", job.ref.repo_url]
+    env = env_of(pod, "sandbox")
+    # repo2docker's engine writes the context out instead of building, and
+    # sandbox_entry reports its log and status through the shared volume.
+    assert env["BINDERBUILD_ENGINE_EXPORT_DIR"] == f"{pm.SANDBOX_WORK_DIR}/out"
+    assert env["BINDERBUILD_SANDBOX_REPORT_DIR"] == pm.SANDBOX_WORK_DIR
+    mounts = {m["mountPath"]: m for m in sandbox(pod)["volumeMounts"]}
+    assert set(mounts) == {pm.SANDBOX_WORK_DIR, pm.SCRATCH_DIR}
+    assert not any(m.get("readOnly") for m in mounts.values())
+
+
+def test_builder_runs_the_trusted_step_on_the_sandboxs_output():
+    job = make_job()
+    command = container(pm.build_pod_manifest(job, config()))["command"]
+    assert command[:4] == ["tini", "--", "/bin/sh", "-c"]
+    assert command[4] == pm.PROLOGUE
+    assert command[6:] == [
+        "python",
+        "-m",
+        "binderbuild.builders.trusted_build",
+        f"--sandbox={pm.SANDBOX_VIEW_DIR}",
+        f"--dir={pm.TRUSTED_CONTEXT_DIR}",
+        f"--tag={job.image.name}",
+        "--push",
+    ]
+    # Its private copy is on its own scratch volume, which the sandbox lacks.
+    assert pm.TRUSTED_CONTEXT_DIR.startswith(pm.SCRATCH_DIR + "/")
 
 
 def test_no_push_without_push():
-    argv = container(pm.build_pod_manifest(make_job(push=False), config()))["command"]
+    pod = pm.build_pod_manifest(make_job(push=False), config())
+    argv = container(pod)["command"]
     assert "--no-push" in argv and "--push" not in argv
-    assert "CONTAINER_ENGINE_REGISTRY_CREDENTIALS" not in env_of(
-        pm.build_pod_manifest(make_job(push=False), config())
-    )
+    assert "CONTAINER_ENGINE_REGISTRY_CREDENTIALS" not in env_of(pod)
 
 
 def test_environment():
-    env = env_of(pm.build_pod_manifest(make_job(), config(build_network="isolated")))
+    pod = pm.build_pod_manifest(make_job(), config(build_network="isolated"))
+    env = env_of(pod)
     assert env["HOME"] == pm.SCRATCH_DIR
     assert env["PYTHONUNBUFFERED"] == "1"
-    assert env["GIT_TERMINAL_PROMPT"] == "0"
     assert env["BINDERBUILD_BUILD_NETWORK"] == "isolated"
     assert env["BINDERBUILD_BUILD_MEMORY_LIMIT"] == str(2 * 1024**3)
-    config_text = env["BINDERBUILD_R2D_CONFIG"]
+    box = env_of(pod, "sandbox")
+    assert box["HOME"] == pm.SCRATCH_DIR  # its own emptyDir there
+    assert box["GIT_TERMINAL_PROMPT"] == "0"
+    # git in the sandbox: only http(s) and git://, as on one machine.
+    git = {
+        box[f"GIT_CONFIG_KEY_{i}"]: box[f"GIT_CONFIG_VALUE_{i}"]
+        for i in range(int(box["GIT_CONFIG_COUNT"]))
+    }
+    assert git["protocol.allow"] == "never"
+    config_text = box["BINDERBUILD_R2D_CONFIG"]
     assert "c.Repo2Docker.content_providers = [Git]" in config_text
     compile(config_text, "repo2docker_config.py", "exec")
 
@@ -223,13 +277,18 @@ def test_extra_environment_cannot_replace_ours():
             extra_env={"HTTPS_PROXY": "http://proxy:3128", "BINDERBUILD_DOCKER_HOST": "tcp://x"}
         ),
     )
+    # The extra variables are for the fetch: the sandbox has them...
+    box = env_of(pod, "sandbox")
+    assert box["HTTPS_PROXY"] == "http://proxy:3128"
+    assert box["GIT_CREDENTIAL_ENV"] == "user:pw"
+    # ... the trusted builder does not, and its daemon cannot be redirected.
     env = env_of(pod)
-    assert env["HTTPS_PROXY"] == "http://proxy:3128"
-    assert env["GIT_CREDENTIAL_ENV"] == "user:pw"
+    assert "HTTPS_PROXY" not in env and "GIT_CREDENTIAL_ENV" not in env
     assert env["DOCKER_HOST"] == "unix:///var/run/binderbuild-docker/docker.sock"
     assert env["BINDERBUILD_DOCKER_HOST"] == env["DOCKER_HOST"]
-    names = [e["name"] for e in container(pod)["env"]]
-    assert len(names) == len(set(names)), "duplicate environment variables"
+    for name in ("builder", "sandbox"):
+        names = [e["name"] for e in container(pod, name)["env"]]
+        assert len(names) == len(set(names)), "duplicate environment variables"
 
 
 def test_resources():
@@ -242,6 +301,10 @@ def test_resources():
     }
     bare = pm.build_pod_manifest(make_job(), config(memory_limit=0))
     assert "resources" not in container(bare)
+    # The sandbox has a limit of its own.
+    assert "resources" not in sandbox(pod)
+    boxed = pm.build_pod_manifest(make_job(), config(sandbox_memory_limit=512 * 1024**2))
+    assert sandbox(boxed)["resources"] == {"limits": {"memory": str(512 * 1024**2)}}
 
 
 def test_scheduling_options():
@@ -328,33 +391,35 @@ def test_rendezvous_rank_ignores_empty_and_duplicate_names():
     assert sorted(pm.rendezvous_rank(["a", "", "a", "b"], "k")) == ["a", "b"]
 
 
-def test_prologue_writes_the_config_waits_for_the_socket_and_execs_argv(tmp_path: Path):
-    """Run the pod's shell prologue for real (with its config path moved into
-    tmp_path): the config lands in the file, the socket wait ends as soon as
-    the socket exists, and argv reaches the program unchanged."""
+def test_prologues_write_the_config_wait_for_the_socket_and_exec_argv(tmp_path: Path):
+    """Run both shell prologues for real (the config path moved into
+    tmp_path): the sandbox's writes the config, the builder's wait for the
+    socket ends as soon as the socket exists, and argv reaches the program
+    unchanged through each."""
     config_file = tmp_path / "repo2docker_config.py"
-    prologue = pm.PROLOGUE.replace(pm.R2D_CONFIG_PATH, str(config_file))
+    sandbox_prologue = pm.SANDBOX_PROLOGUE.replace(pm.R2D_CONFIG_PATH, str(config_file))
     sock_path = tmp_path / "docker.sock"
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(sock_path))
+    tricky = ["a b", "$HOME", "'q'", '"dq"', "--", "https://x/y?z=1&w=2"]
+    text = "c = get_config()\nc.Repo2Docker.engine = 'x'\n"
     try:
-        tricky = ["a b", "$HOME", "'q'", '"dq"', "--", "https://x/y?z=1&w=2"]
-        text = "c = get_config()\nc.Repo2Docker.engine = 'x'\n"
-        result = subprocess.run(
-            ["/bin/sh", "-c", prologue, "binderbuild-build", "printf", "%s\\n", *tricky],
-            env={
-                "PATH": os.environ["PATH"],
-                "BINDERBUILD_R2D_CONFIG": text,
-                "BINDERBUILD_DOCKER_SOCKET": str(sock_path),
-            },
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
+        for prologue in (sandbox_prologue, pm.PROLOGUE):
+            result = subprocess.run(
+                ["/bin/sh", "-c", prologue, "binderbuild-build", "printf", "%s\\n", *tricky],
+                env={
+                    "PATH": os.environ["PATH"],
+                    "BINDERBUILD_R2D_CONFIG": text,
+                    "BINDERBUILD_DOCKER_SOCKET": str(sock_path),
+                },
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
+            assert result.returncode == 0, result.stderr
+            assert result.stdout.splitlines() == tricky
     finally:
         server.close()
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == tricky
     assert config_file.read_text() == text
 
 
@@ -370,6 +435,8 @@ def test_every_field_is_a_real_pod_field():
         cpu_limit="2",
         memory_request="1Gi",
         scratch_size_limit="10Gi",
+        sandbox_memory_limit=1024**3,
+        allowed_registries=("docker.io",),
         extra_labels={"team": "x"},
         extra_annotations={"note": "y"},
     )
@@ -381,8 +448,8 @@ def test_every_field_is_a_real_pod_field():
 def test_the_field_check_catches_misspelt_fields():
     pod = pm.build_pod_manifest(make_job(), config())
     pod["spec"]["nodeSelecter"] = {"pool": "b"}
-    pod["spec"]["containers"][0]["securityContext"]["readonly"] = True
+    pod["spec"]["containers"][1]["securityContext"]["readonly"] = True
     assert k8s_schema.problems(pod) == [
-        "unknown field /spec/containers[0]/securityContext/readonly",
+        "unknown field /spec/containers[1]/securityContext/readonly",
         "unknown field /spec/nodeSelecter",
     ]
