@@ -452,9 +452,17 @@ def bare_repo_path(root: Path, name: str) -> Path:
     return Path(root) / f"{name}.git"
 
 
-def make_repo(root: Path, name: str, files: dict[str, str], branch: str = "main") -> str:
+def make_repo(
+    root: Path,
+    name: str,
+    files: dict[str, str],
+    branch: str = "main",
+    prepare: Callable[[Path, Callable[..., str]], None] | None = None,
+) -> str:
     """Create bare repository ``root/NAME.git`` with one commit of ``files``.
 
+    ``prepare(work, git)`` may change the work tree before the commit (a
+    symlink, a gitlink); ``git(*args, cwd=work)`` runs git as this module does.
     Returns the commit SHA, which is the same for the same files and branch
     (fixed author, committer and dates).
     """
@@ -467,6 +475,8 @@ def make_repo(root: Path, name: str, files: dict[str, str], branch: str = "main"
         work = Path(tmp)
         _git("init", "--quiet", f"--initial-branch={branch}", str(work))
         _write_files(work, files)
+        if prepare is not None:
+            prepare(work, _git)
         _git("add", "--all", cwd=work)
         _git("commit", "--quiet", "-m", f"Create {name}", cwd=work)
         _git("push", "--quiet", str(bare), f"HEAD:refs/heads/{branch}", cwd=work)

@@ -11,16 +11,15 @@ loopback) and check the host afterwards:
 - a repository whose runtime.txt, requirements.txt or environment.yml is a
   symlink to a host file never shows that file's content in the build's
   events, its log or the stored history;
-- the process that fetches and detects runs as an unprivileged user in a
-  container with no Docker socket, no capabilities and no network of its own.
+- the process that fetches and detects runs as an unprivileged user (the
+  operator's ``DockerBuilder.sandbox_uid``) in a container with no Docker
+  socket, no capabilities and no network of its own.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import subprocess
 import tempfile
 import threading
 import time
@@ -34,8 +33,8 @@ import pytest
 
 from tests.api.helpers import call, list_builds, post_build, wait_for
 from tests.conftest import service_config
+from tests.integration.attack_repos import build_stream, repo_with_symlink
 from tests.realservices import dockerfile_repo_files, make_repo
-from tests.sse import read_events
 
 pytestmark = [pytest.mark.docker]
 
@@ -98,9 +97,7 @@ def canaries() -> Iterator[list[Path]]:
         path.unlink(missing_ok=True)
 
 
-def test_record_file_names_cannot_write_outside_the_build(
-    start_service, docker_client, canaries
-):
+def test_record_file_names_cannot_write_outside_the_build(start_service, docker_client, canaries):
     absolute, dotdot, encoded = canaries
     server = ThreadingHTTPServer(("127.0.0.1", 0), _CKAN)
     port = server.server_address[1]
@@ -118,14 +115,11 @@ def test_record_file_names_cannot_write_outside_the_build(
     try:
         svc = start_service(service_config(None))
         dataset = f"http://127.0.0.1:{port}/dataset/traversal"
-        result = read_events(
-            f"{svc.url}/build/ckan/{quote(dataset, safe='')}?build_only=true", timeout=300
-        )
+        result = build_stream(svc.url, "ckan", dataset)
     finally:
         server.shutdown()
         server.server_close()
 
-    assert result.status == 200, result.body
     fetched = [p for p in server.paths if p.startswith("/files/")]  # type: ignore[attr-defined]
     assert len(fetched) >= 2, f"the record's files were never fetched: {server.paths}"  # type: ignore[attr-defined]
     written = [str(p) for p in canaries if p.exists()]
@@ -134,35 +128,6 @@ def test_record_file_names_cannot_write_outside_the_build(
 
 
 # --- symlinks in the checkout to host files ------------------------------------------------
-
-
-def _git(*args: str, cwd: Path) -> str:
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@binderbuild.invalid",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@binderbuild.invalid",
-        "GIT_CONFIG_GLOBAL": os.devnull,
-        "GIT_CONFIG_NOSYSTEM": "1",
-    }
-    return subprocess.run(
-        ["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True
-    ).stdout
-
-
-def _repo_with_symlink(git_root: Path, name: str, link: str, target: Path) -> None:
-    """A repository without a Dockerfile whose ``link`` points at a host file."""
-    bare = git_root / f"{name}.git"
-    _git("init", "--quiet", "--bare", "--initial-branch=main", str(bare), cwd=git_root)
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        _git("init", "--quiet", "--initial-branch=main", ".", cwd=work)
-        (work / "README.md").write_text("symlinks to the host\n")
-        (work / link).symlink_to(target)
-        _git("add", "--all", cwd=work)
-        _git("commit", "--quiet", "-m", "symlink", cwd=work)
-        _git("push", "--quiet", str(bare), "HEAD:refs/heads/main", cwd=work)
 
 
 @pytest.mark.parametrize("link", ["runtime.txt", "requirements.txt", "environment.yml"])
@@ -174,18 +139,20 @@ def test_symlinks_to_host_files_never_reveal_them(
     # One line, no known runtime: repo2docker quotes an invalid runtime.txt.
     secret.write_text(f"{marker}\n")
     name = f"sandbox-symlink-{secrets.token_hex(4)}"
-    _repo_with_symlink(git_server.root, name, link, secret)
+    repo_with_symlink(git_server.root, name, link, secret)
     svc = start_service(service_config(None))
-    spec = f"{quote(git_server.git_url(name), safe='')}/main"
 
-    stream = read_events(f"{svc.url}/build/git/{spec}?build_only=true", timeout=300)
-    assert stream.status == 200, stream.body
+    stream = build_stream(svc.url, "git", git_server.git_url(name), "main")
     assert stream.final["phase"] == "failed", stream.final
     assert marker not in json.dumps(stream.events), "the host file is in the events"
 
     builds = wait_for(
         "the build in the history",
-        lambda: [b for b in list_builds(svc.url, "git", git_server.git_url(name)) if b["state"] == "failed"],
+        lambda: [
+            b
+            for b in list_builds(svc.url, "git", git_server.git_url(name))
+            if b["state"] == "failed"
+        ],
         timeout=60,
     )
     assert marker not in json.dumps(builds), "the host file is in the history"
@@ -197,12 +164,16 @@ def test_symlinks_to_host_files_never_reveal_them(
 # --- who fetches and detects -----------------------------------------------------------------
 
 
+# Not the builder image's own user (1000): the option is what decides.
+SANDBOX_UID = 4242
+
+
 def test_fetch_and_detection_run_unprivileged_without_the_docker_socket(
     start_service, registry, docker_client, git_server
 ):
     name = f"sandbox-who-{secrets.token_hex(4)}"
     make_repo(git_server.root, name, dockerfile_repo_files(secrets.token_hex(6)))
-    svc = start_service(service_config(registry))
+    svc = start_service(service_config(registry, f"c.DockerBuilder.sandbox_uid = {SANDBOX_UID}"))
 
     seen: dict[str, dict[str, Any]] = {}
     done = threading.Event()
@@ -215,7 +186,9 @@ def test_fetch_and_detection_run_unprivileged_without_the_docker_socket(
             ):
                 if name in container.labels.get("binderbuild.image", ""):
                     try:
-                        seen.setdefault(container.id, docker_client.api.inspect_container(container.id))
+                        seen.setdefault(
+                            container.id, docker_client.api.inspect_container(container.id)
+                        )
                     except Exception:  # gone between list and inspect
                         pass
             time.sleep(0.05)
@@ -244,8 +217,7 @@ def test_fetch_and_detection_run_unprivileged_without_the_docker_socket(
     assert seen, "no sandbox container ran the fetch and detection"
     for attrs in seen.values():
         config, host = attrs["Config"], attrs["HostConfig"]
-        user = config["User"].split(":")
-        assert user[0] not in ("", "0", "root") and user[1:] != ["0"], config["User"]
+        assert config["User"] == f"{SANDBOX_UID}:{SANDBOX_UID}", config["User"]
         assert host["NetworkMode"] == "none"
         assert host["CapDrop"] == ["ALL"] and not host.get("CapAdd")
         assert not host["Privileged"]

@@ -11,22 +11,17 @@ that says why *and* the internal service saw nothing.
 from __future__ import annotations
 
 import http.client
-import os
 import secrets
 import socket
-import subprocess
-import tempfile
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 
 from tests.conftest import service_config
+from tests.integration.attack_repos import build_git, repo_with_submodule
 from tests.realservices import dockerfile_repo_files, make_repo
-from tests.sse import read_events
 
 pytestmark = [pytest.mark.docker]
 
@@ -89,56 +84,11 @@ def _internal_url(internal: ThreadingHTTPServer, path: str) -> str:
     return f"http://{INTERNAL_IP}:{internal.server_address[1]}{path}"
 
 
-def _build(service, clone_url: str, ref: str) -> tuple[dict, str]:
-    spec = f"{quote(clone_url, safe='')}/{ref}"
-    result = read_events(f"{service.url}/build/git/{spec}?build_only=true", timeout=300)
-    assert result.status == 200, result.body
-    log = "".join(e.get("message", "") for e in result.events)
-    return result.final, log
-
-
-def _git(*args: str, cwd: Path) -> str:
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@binderbuild.invalid",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@binderbuild.invalid",
-        "GIT_CONFIG_GLOBAL": os.devnull,
-        "GIT_CONFIG_NOSYSTEM": "1",
-    }
-    return subprocess.run(
-        ["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True
-    ).stdout
-
-
-def _repo_with_submodule(git_root: Path, name: str, submodule_url: str) -> None:
-    """A Dockerfile repository whose .gitmodules points at ``submodule_url``."""
-    bare = git_root / f"{name}.git"
-    _git("init", "--quiet", "--bare", "--initial-branch=main", str(bare), cwd=git_root)
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        _git("init", "--quiet", "--initial-branch=main", ".", cwd=work)
-        for rel, text in dockerfile_repo_files(secrets.token_hex(6)).items():
-            (work / rel).parent.mkdir(parents=True, exist_ok=True)
-            (work / rel).write_text(text)
-        (work / ".gitmodules").write_text(
-            f'[submodule "data"]\n\tpath = data\n\turl = {submodule_url}\n'
-        )
-        _git("add", "--all", cwd=work)
-        # A gitlink: the submodule's commit, which git must fetch from its URL.
-        _git("update-index", "--add", "--cacheinfo", f"160000,{'1' * 40},data", cwd=work)
-        _git("commit", "--quiet", "-m", "submodule", cwd=work)
-        _git("push", "--quiet", str(bare), "HEAD:refs/heads/main", cwd=work)
-
-
-def test_submodule_pointing_at_an_internal_address_is_not_fetched(
-    guarded, git_server, internal
-):
+def test_submodule_pointing_at_an_internal_address_is_not_fetched(guarded, git_server, internal):
     name = f"sec-submodule-{secrets.token_hex(4)}"
-    _repo_with_submodule(git_server.root, name, _internal_url(internal, "/secret.git"))
+    repo_with_submodule(git_server.root, name, _internal_url(internal, "/secret.git"))
 
-    final, log = _build(guarded, git_server.git_url(name), "main")
+    final, log = build_git(guarded.url, git_server.git_url(name), "main")
 
     assert internal.paths == [], f"the build reached the internal service: {internal.paths}"
     assert final["phase"] == "failed", final
@@ -153,7 +103,7 @@ def test_clone_redirect_to_an_internal_address_is_not_followed(guarded, internal
     redirector.target = f"http://{INTERNAL_IP}:{internal.server_address[1]}"  # type: ignore[attr-defined]
     try:
         clone_url = f"http://127.0.0.1:{redirector.server_address[1]}/innocent.git"
-        final, log = _build(guarded, clone_url, "a" * 40)
+        final, log = build_git(guarded.url, clone_url, "a" * 40)
     finally:
         redirector.shutdown()
         redirector.server_close()
@@ -174,7 +124,7 @@ def test_dockerfile_add_from_an_internal_url_is_refused(guarded, git_server, int
     name = f"sec-add-{secrets.token_hex(4)}"
     make_repo(git_server.root, name, files)
 
-    final, log = _build(guarded, git_server.git_url(name), "main")
+    final, log = build_git(guarded.url, git_server.git_url(name), "main")
 
     assert internal.paths == [], f"the Docker daemon fetched {internal.paths}"
     assert final["phase"] == "failed", final
