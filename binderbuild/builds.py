@@ -111,7 +111,9 @@ class Build:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    def finish(self, state: BuildState, final: ProgressEvent, error: BinderBuildError | None) -> None:
+    def finish(
+        self, state: BuildState, final: ProgressEvent, error: BinderBuildError | None
+    ) -> None:
         self.state = state
         self.error = error
         self.finished = time.time()
@@ -170,13 +172,17 @@ class BuildManager:
         max_line_bytes: int = 64 * 1024,
         keep_finished: int = 500,
         abandoned_grace: float = 0.0,
+        on_queued: Sequence[BuildHook] = (),
         on_started: Sequence[BuildHook] = (),
         on_finished: Sequence[BuildHook] = (),
         clock: Clock | None = None,
     ) -> None:
         """``on_started``/``on_finished`` are called with each build as it
         starts running / finishes (metrics, history, the known-images cache);
-        a hook that raises is logged and the others still run. ``clock``
+        ``on_queued`` with a new build that has to wait for a slot, before
+        ``submit`` returns (the history's write-ahead: a build lost with the
+        process while it waited is still on record). A hook that raises is
+        logged and the others still run. ``clock``
         drives the abandoned-build policy (default: the running loop's)."""
         self.builder = builder
         self.concurrency = max(1, concurrency)
@@ -190,6 +196,7 @@ class BuildManager:
         self._by_id: OrderedDict[str, Build] = OrderedDict()
         self._queue: list[Build] = []
         self._running = 0
+        self.on_queued: tuple[BuildHook, ...] = tuple(on_queued)
         self.on_started: tuple[BuildHook, ...] = tuple(on_started)
         self.on_finished: tuple[BuildHook, ...] = tuple(on_finished)
         self.clock = clock or LoopClock()
@@ -246,6 +253,7 @@ class BuildManager:
         self._schedule()
         if build.state is BuildState.QUEUED:
             self._announce_positions()
+            self._notify(self.on_queued, build, "on_queued")
         # Armed from the start: a build submitted through the API and never
         # followed or polled is abandoned too.
         self._arm_abandon(build)
@@ -298,7 +306,9 @@ class BuildManager:
             await self.cancel(build.id)
         running = [b for b in self._active.values() if b._task is not None]
         for build in running:
-            build.cancel_reason = build.cancel_reason or "Build stopped: the service is shutting down."
+            build.cancel_reason = (
+                build.cancel_reason or "Build stopped: the service is shutting down."
+            )
         for build in running:
             assert build._task is not None
             build._task.cancel()
@@ -373,7 +383,9 @@ class BuildManager:
         error: BinderBuildError | None = None
         try:
             # timeout_at: the deadline is absolute loop time (timeout() takes a delay).
-            async with asyncio.timeout_at(min(hard_deadline, loop.time() + self.idle_timeout)) as cm:
+            async with asyncio.timeout_at(
+                min(hard_deadline, loop.time() + self.idle_timeout)
+            ) as cm:
                 async for ev in self.builder.build(job):
                     self._record(build, ev)
                     cm.reschedule(min(hard_deadline, loop.time() + self.idle_timeout))
@@ -384,7 +396,10 @@ class BuildManager:
                 why = f"Build produced no output for {self.idle_timeout:g} seconds."
             state, error = BuildState.FAILED, BuildTimeout(why)
         except asyncio.CancelledError:
-            state, error = BuildState.CANCELLED, BuildCancelled(build.cancel_reason or "Build cancelled.")
+            state, error = (
+                BuildState.CANCELLED,
+                BuildCancelled(build.cancel_reason or "Build cancelled."),
+            )
         except BuildFailed as exc:
             state, error = BuildState.FAILED, exc
         except BinderBuildError as exc:
@@ -471,11 +486,15 @@ class BuildManager:
         handle = self._abandon_timers.pop(build.id, None)
         if handle is not None:
             handle.cancel()
-        for callback in self.on_finished:
+        self._notify(self.on_finished, build, "on_finished")
+
+    @staticmethod
+    def _notify(hooks: Sequence[BuildHook], build: Build, what: str) -> None:
+        for callback in hooks:
             try:
                 callback(build)
             except Exception:
-                log.exception("on_finished callback failed")
+                log.exception("%s callback failed", what)
 
 
 def _cancelled_event(reason: str | None = None) -> ProgressEvent:

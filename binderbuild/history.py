@@ -22,8 +22,9 @@ store opens, so a database written by an older version gains it in place;
 the schema version is not bumped for an added table, so an older version
 can still open the file (it ignores the table).
 
-Write-ahead (issue 12): a build is stored as ``running`` when it starts
-(``history_write_ahead``, an on_started hook), with the owner token of this
+Write-ahead (issue 12): a build is stored as ``queued`` when it has to wait
+for a slot and as ``running`` when it starts (``history_write_ahead``, an
+on_queued and on_started hook), with the owner token of this
 process (``binderbuild.owners``) in ``running_builds``; its final record
 replaces it. A service that was killed leaves such rows behind: the next
 start (``mark_interrupted``, from ``services.start`` after the builder swept
@@ -97,6 +98,11 @@ INTERRUPTED_REASON = (
     "Build interrupted: binderbuild stopped while this build was running (it was killed "
     "or crashed). The build was stopped and its leftovers removed; ask for the image "
     "again to build it."
+)
+# A build that was still waiting in the queue (written ahead when queued).
+INTERRUPTED_QUEUED_REASON = (
+    "Build interrupted: binderbuild stopped while this build was waiting in the queue "
+    "(it was killed or crashed); it never started. Ask for the image again to build it."
 )
 # The same for backends whose builds run elsewhere (build pods), which this
 # process neither stopped nor cleaned up.
@@ -363,13 +369,14 @@ class BuildHistory(LoggingConfigurable):
                 await self._run(functools.partial(_forget_running, build_id))
                 continue
             old = BuildRecord.from_json(text)
+            why = INTERRUPTED_QUEUED_REASON if old.state == BuildState.QUEUED.value else reason
             events = decode_events(blob)
-            events.append(event(Phase.FAILED, f"Build failed: {reason}\n"))
+            events.append(event(Phase.FAILED, f"Build failed: {why}\n"))
             record = replace(
                 old,
                 state=BuildState.FAILED.value,
                 phase=Phase.FAILED.value,
-                failure=reason,
+                failure=why,
                 failure_type=INTERRUPTED,
                 finished=time.time(),
                 event_count=len(events),

@@ -236,7 +236,9 @@ def compose(app: BinderBuild, registry_config: DockerRegistry) -> Services:
         abandoned_grace=app.abandoned_build_grace,
         max_log_bytes=parse_bytes(app.build_log_max_bytes),
         max_line_bytes=parse_bytes(app.build_log_line_max_bytes),
-        # Write-ahead: a build is in the history before the backend starts it.
+        # Write-ahead: a build is in the history while it waits in the queue
+        # and before the backend starts it.
+        on_queued=[history_write_ahead(history, builds_api.repo_of)],
         on_started=[metrics.build_started, history_write_ahead(history, builds_api.repo_of)],
         on_finished=[
             known_images.remember_built,
