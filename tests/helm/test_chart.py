@@ -313,7 +313,8 @@ def test_chart_and_builder_agree(render, tmp_path):
     assert spec["serviceAccountName"] in {
         sa["metadata"]["name"] for sa in objs.of("ServiceAccount")
     }
-    env = {e["name"]: e for e in spec["containers"][0]["env"]}
+    (trusted,) = [c for c in spec["containers"] if c["name"] == pm.CONTAINER_NAME]
+    env = {e["name"]: e for e in trusted["env"]}
     ref = env["CONTAINER_ENGINE_REGISTRY_CREDENTIALS"]["valueFrom"]["secretKeyRef"]
     push = objs.get("Secret", ref["name"])
     assert json.loads(push["stringData"][ref["key"]]) == {

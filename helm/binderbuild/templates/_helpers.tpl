@@ -126,6 +126,9 @@ value), so `config` overrides any of them.
   "build_docker_host" (include "binderbuild.socketPath" .)
   "build_docker_socket_gid" .Values.builderDaemon.socketGid
   "build_network" .Values.build.network
+  "sandbox_uid" .Values.build.sandbox.uid
+  "sandbox_memory_limit" (toString .Values.build.sandbox.memoryLimit)
+  "allowed_registries" .Values.build.allowedRegistries
   "build_service_account" (include "binderbuild.buildServiceAccountName" .)
   "build_cpu_request" (toString .Values.build.cpuRequest)
   "build_cpu_limit" (toString .Values.build.cpuLimit)
