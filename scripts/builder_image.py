@@ -11,7 +11,9 @@ second). A rebuild after a code change reuses the cached apt and pip layers.
 
     python scripts/builder_image.py [--tag binderbuild/builder:local]
 
-Used by scripts/setup.sh and by the test suite's session fixture.
+Used by scripts/setup.sh and by the test suite's session fixture; ``build``
+(one image build, streamed) also by tests/images/test_images.py, which builds
+its own tags of both images and never touches this one.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 TAG = "binderbuild/builder:local"
@@ -44,6 +48,51 @@ def source_hash(base_id: str) -> str:
     return digest.hexdigest()
 
 
+class ImageBuildError(Exception):
+    """The daemon reported a build error; ``tail`` is the end of its log."""
+
+    def __init__(self, message: str, tail: str) -> None:
+        super().__init__(message)
+        self.tail = tail
+
+
+def build(
+    api: Any,
+    *,
+    dockerfile: str,
+    tag: str,
+    buildargs: Mapping[str, str],
+    labels: Mapping[str, str],
+    on_output: Callable[[str], None] | None = None,
+) -> None:
+    """Build ``dockerfile`` with this checkout as its context through the
+    Engine API (``api``: a docker-py ``APIClient``), streaming the output to
+    ``on_output``; raises ImageBuildError with the log's end on failure."""
+    log: list[str] = []
+    for chunk in api.build(
+        path=str(ROOT),
+        dockerfile=dockerfile,
+        tag=tag,
+        buildargs=dict(buildargs),
+        labels=dict(labels),
+        # No bridge on this dockerd: only host networking reaches PyPI and
+        # Debian's mirror. Only these trusted image builds get it.
+        network_mode="host",
+        pull=False,
+        rm=True,
+        forcerm=True,
+        decode=True,
+    ):
+        if "stream" in chunk:
+            log.append(chunk["stream"])
+            if on_output is not None:
+                on_output(chunk["stream"])
+        if "error" in chunk:
+            raise ImageBuildError(
+                f"building {tag} from {dockerfile} failed: {chunk['error']}", "".join(log)[-4000:]
+            )
+
+
 def ensure(tag: str = TAG, quiet: bool = False) -> bool:
     """Build ``tag`` unless it is up to date; True when it was built."""
     import docker
@@ -63,28 +112,17 @@ def ensure(tag: str = TAG, quiet: bool = False) -> bool:
         labels = ((current or {}).get("Config") or {}).get("Labels") or {}
         if labels.get(LABEL) == want:
             return False
-        log: list[str] = []
-        for chunk in client.api.build(
-            path=str(ROOT),
-            dockerfile=DOCKERFILE,
-            tag=tag,
-            buildargs={"PYTHON_IMAGE": BASE},
-            labels={LABEL: want},
-            # No bridge on this dockerd: only host networking reaches PyPI and
-            # Debian's mirror. Only this trusted image build gets it.
-            network_mode="host",
-            pull=False,
-            rm=True,
-            forcerm=True,
-            decode=True,
-        ):
-            if "stream" in chunk:
-                log.append(chunk["stream"])
-                if not quiet:
-                    sys.stdout.write(chunk["stream"])
-            if "error" in chunk:
-                tail = "".join(log)[-4000:]
-                raise SystemExit(f"building {tag} failed: {chunk['error']}\n{tail}")
+        try:
+            build(
+                client.api,
+                dockerfile=DOCKERFILE,
+                tag=tag,
+                buildargs={"PYTHON_IMAGE": BASE},
+                labels={LABEL: want},
+                on_output=None if quiet else sys.stdout.write,
+            )
+        except ImageBuildError as exc:
+            raise SystemExit(f"{exc}\n{exc.tail}") from None
         if current is not None:
             # The previous build, now untagged; kept if something still uses it.
             try:

@@ -591,13 +591,8 @@ def docker_available(images: Sequence[str] = (BASE_IMAGE, NOTEBOOK_BASE_IMAGE)) 
 _BUILDER_IMAGE_CHECKED = False
 
 
-def ensure_builder_image() -> None:
-    """The build sandbox's image must hold this checkout's binderbuild: rebuild
-    it when stale (scripts/builder_image.py; a hash comparison when current).
-    Once per process."""
-    global _BUILDER_IMAGE_CHECKED
-    if _BUILDER_IMAGE_CHECKED:
-        return
+def builder_image_script() -> Any:
+    """scripts/builder_image.py as a module (scripts/ is not a package)."""
     import importlib.util
 
     path = Path(__file__).resolve().parent.parent / "scripts" / "builder_image.py"
@@ -605,8 +600,18 @@ def ensure_builder_image() -> None:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def ensure_builder_image() -> None:
+    """The build sandbox's image must hold this checkout's binderbuild: rebuild
+    it when stale (scripts/builder_image.py; a hash comparison when current).
+    Once per process."""
+    global _BUILDER_IMAGE_CHECKED
+    if _BUILDER_IMAGE_CHECKED:
+        return
     try:
-        module.ensure(quiet=True)
+        builder_image_script().ensure(quiet=True)
     except SystemExit as exc:
         raise ServiceUnavailable(f"The build sandbox image: {exc}") from None
     _BUILDER_IMAGE_CHECKED = True

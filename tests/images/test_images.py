@@ -34,6 +34,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from importlib.metadata import version
 from pathlib import Path
@@ -49,6 +50,7 @@ from binderbuild.naming import image_spec
 from tests.realservices import (
     GitServer,
     RegistryServer,
+    builder_image_script,
     dockerfile_repo_files,
     free_port,
     make_repo,
@@ -74,28 +76,21 @@ TIMINGS: dict[str, float] = {}
 
 def build_image(api: Any, dockerfile: str, tag: str) -> None:
     """Build ``dockerfile`` with the repository root as context, the stand-in as
-    ``PYTHON_IMAGE``, streaming the log; fail with its end if the build fails."""
-    log: list[str] = []
+    ``PYTHON_IMAGE``, through the function scripts/builder_image.py builds the
+    sandbox image with (this run's own tag, never binderbuild/builder:local);
+    fail with the end of its log if the build fails."""
+    script = builder_image_script()
     started = time.monotonic()
-    for chunk in api.build(
-        path=str(ROOT),
-        dockerfile=dockerfile,
-        tag=tag,
-        buildargs={"PYTHON_IMAGE": PYTHON_STANDIN_IMAGE},
-        labels={RUN_LABEL: RUN_ID},
-        # No bridge on this dockerd: only host networking reaches PyPI and
-        # Debian's mirror.
-        network_mode="host",
-        pull=False,
-        rm=True,
-        forcerm=True,
-        decode=True,
-    ):
-        if "stream" in chunk:
-            log.append(chunk["stream"])
-        if "error" in chunk:
-            tail = "".join(log)[-4000:]
-            pytest.fail(f"building {dockerfile} failed: {chunk['error']}\n{tail}", pytrace=False)
+    try:
+        script.build(
+            api,
+            dockerfile=dockerfile,
+            tag=tag,
+            buildargs={"PYTHON_IMAGE": PYTHON_STANDIN_IMAGE},
+            labels={RUN_LABEL: RUN_ID},
+        )
+    except script.ImageBuildError as exc:
+        pytest.fail(f"{exc}\n{exc.tail}", pytrace=False)
     TIMINGS[f"build {dockerfile}"] = time.monotonic() - started
 
 
@@ -147,20 +142,33 @@ def pod_to_docker(
     namespace: str,
     secrets: Mapping[str, Mapping[str, str]] | None = None,
     workdir: Path | None = None,
+    container_name: str | None = None,
 ) -> dict[str, Any]:
-    """``containers.run`` arguments that run a pod spec's only container as a
-    kubelet would: the same command and args, environment (namespace field
-    and Secret references resolved), working directory, user and groups,
-    read-only root, dropped capabilities, no privilege escalation, memory
-    limit, and its volumes: hostPath directories bound, emptyDirs as tmpfs,
-    Secrets (from ``secrets``, name -> data) written under ``workdir``.
+    """``containers.run`` arguments that run one container of a pod spec (the
+    only one, or ``container_name``) as a kubelet would: the same command and
+    args, environment (namespace field and Secret references resolved),
+    working directory, user and groups, read-only root, dropped
+    capabilities, no privilege escalation, memory limit, and its volumes:
+    hostPath directories bound, emptyDirs as tmpfs, or, when other
+    containers of the pod mount them too, as a directory under ``workdir``
+    (mode 777, as the kubelet makes them) that each container binds, Secrets
+    (from ``secrets``, name -> data) written under ``workdir``.
 
     The pod's network becomes the host's: it listens and reaches the git
     server and the registry on loopback. Anything this function does not
     know how to translate fails the test rather than being dropped."""
     secrets = secrets or {}
-    (container,) = spec["containers"]
+    if container_name is None:
+        (container,) = spec["containers"]
+    else:
+        (container,) = [c for c in spec["containers"] if c["name"] == container_name]
     volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    shared = Counter(
+        m["name"]
+        for c in spec["containers"]
+        for m in c.get("volumeMounts", [])
+        if "emptyDir" in volumes[m["name"]]
+    )
     binds: dict[str, dict[str, str]] = {}
     tmpfs: dict[str, str] = {}
     for mount in container.get("volumeMounts", []):
@@ -168,6 +176,12 @@ def pod_to_docker(
         mode = "ro" if mount.get("readOnly") else "rw"
         if "hostPath" in volume:
             binds[volume["hostPath"]["path"]] = {"bind": mount["mountPath"], "mode": mode}
+        elif "emptyDir" in volume and shared[mount["name"]] > 1:
+            assert workdir is not None, "an emptyDir shared by containers needs a workdir"
+            directory = workdir / f"emptydir-{mount['name']}"
+            directory.mkdir(exist_ok=True)
+            directory.chmod(0o777)
+            binds[str(directory)] = {"bind": mount["mountPath"], "mode": mode}
         elif "emptyDir" in volume:
             tmpfs[mount["mountPath"]] = ""
         elif "secret" in volume:
@@ -213,8 +227,10 @@ def pod_to_docker(
         kwargs["entrypoint"] = container["command"]
     if "workingDir" in container:
         kwargs["working_dir"] = container["workingDir"]
-    if "runAsUser" in pod_security:
-        kwargs["user"] = f"{pod_security['runAsUser']}:{pod_security.get('runAsGroup', 0)}"
+    user = security.get("runAsUser", pod_security.get("runAsUser"))
+    if user is not None:
+        group = security.get("runAsGroup", pod_security.get("runAsGroup", 0))
+        kwargs["user"] = f"{user}:{group}"
     memory = container.get("resources", {}).get("limits", {}).get("memory")
     if memory is not None:
         match = _MEMORY.match(str(memory))
@@ -531,11 +547,15 @@ def test_builder_image_runs_a_build_pod(
     builder_image: str,
     git_server: GitServer,
     registry: RegistryServer,
+    tmp_path: Path,
 ) -> None:
     """The pod KubernetesBuilder would create, run by Docker instead of a
-    kubelet: repo2docker in the builder image fetches a repository from the
-    loopback git server and builds and pushes it through this machine's
-    dockerd with binderbuild's engine, as uid 1000 in the socket's group."""
+    kubelet: its two containers side by side, sharing the sandbox's volume.
+    The sandbox (a uid other than the image's own) fetches a repository from
+    the loopback git server with repo2docker in the builder image and writes
+    the build context; the builder relays its log, then builds and pushes
+    through this machine's dockerd with binderbuild's engine, as uid 1000 in
+    the socket's group."""
     import docker
 
     socket = os.stat(DOCKER_SOCKET)
@@ -562,27 +582,46 @@ def test_builder_image_runs_a_build_pod(
         docker_socket=DOCKER_SOCKET,  # the node's daemon socket in a real cluster
         docker_socket_gid=socket.st_gid,
         build_network="none",  # the fixture's Dockerfile only copies files
+        sandbox_uid=4242,
+        sandbox_memory_limit=1024**3,
     )
     manifest = pm.build_pod_manifest(job, config)
-    container = engine.containers.run(
-        builder_image,
-        detach=True,
-        name=f"bbimg-{RUN_ID}-build-pod",
-        **pod_to_docker(manifest["spec"], namespace=manifest["metadata"]["namespace"]),
-    )
+    started: dict[str, Any] = {}
     try:
-        started = time.monotonic()
-        result = container.wait(timeout=300)
-        TIMINGS["build pod"] = time.monotonic() - started
-        log = container.logs().decode(errors="replace")
+        for container_name in (pm.SANDBOX_CONTAINER_NAME, pm.CONTAINER_NAME):
+            started[container_name] = engine.containers.run(
+                builder_image,
+                detach=True,
+                name=f"bbimg-{RUN_ID}-build-pod-{container_name}",
+                **pod_to_docker(
+                    manifest["spec"],
+                    namespace=manifest["metadata"]["namespace"],
+                    workdir=tmp_path,
+                    container_name=container_name,
+                ),
+            )
+        began = time.monotonic()
+        result = started[pm.CONTAINER_NAME].wait(timeout=300)
+        TIMINGS["build pod"] = time.monotonic() - began
+        log = started[pm.CONTAINER_NAME].logs().decode(errors="replace")
         assert result["StatusCode"] == 0, log[-4000:]
+        sandbox = started[pm.SANDBOX_CONTAINER_NAME]
+        assert sandbox.wait(timeout=30)["StatusCode"] == 0
+        # The sandbox reported to the builder and wrote nothing itself.
+        assert sandbox.logs() == b""
         phases = {
             json.loads(line).get("phase") for line in log.splitlines() if line.startswith("{")
         }
+        # Fetching from the sandbox's log, relayed; building and pushing the builder's own.
         assert {"fetching", "building", "pushing"} <= phases, log[-4000:]
         repository = job.image.repository.removeprefix(f"{registry.host}/")
         assert registry.manifest_status(repository, job.image.tag) == 200
+        # Its files belong to the sandbox's uid; the builder only read them.
+        work = tmp_path / "emptydir-sandbox-work"
+        assert (work / "out" / "context.tar").stat().st_uid == 4242
+        assert (work / "status").read_text().strip() == "0"
     finally:
-        container.remove(force=True)
+        for container in started.values():
+            container.remove(force=True)
         with contextlib.suppress(docker.errors.ImageNotFound):  # failed before tagging
             engine.images.remove(job.image.name, force=True)

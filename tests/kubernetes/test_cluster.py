@@ -29,6 +29,11 @@ the one the release pushes to (its push Secret holds the credentials):
 
 The other tests do not push (push=False): the image stays in the node's
 builder daemon.
+
+Build pods are sandboxed (pod_manifests): the ``sandbox`` container fetches
+and detects as its own uid, without the daemon socket, the push Secret or a
+service-account token; the ``builder`` container relays its log and builds.
+The first test checks that split on the pod the cluster admitted.
 """
 
 from __future__ import annotations
@@ -103,14 +108,37 @@ def test_build_a_repository_in_a_pod_and_stream_its_log():
     async def body():
         core = await make_core_api()
         try:
-            builder = cluster_builder(core)
+            builder = cluster_builder(core, sandbox_uid=4242)
             job = fresh_job()
             collector = Collector(builder.build(job))
+            pods = PodAPI(core)
+            admitted: dict = {}
+
+            async def read() -> None:
+                admitted.update(await pods.read_pod(NAMESPACE, job.image.build_name) or {})
+
+            while not admitted and not collector.task.done():
+                await read()
+                await asyncio.sleep(0.5)
             await collector.done(timeout=840)
             assert collector.error is None, f"{collector.error}\n" + "".join(
                 collector.messages[-30:]
             )
+            # The sandbox's fetch, relayed by the builder, then the builder's build.
+            assert any(e.phase is Phase.FETCHING for e in collector.events)
             assert any(e.phase is Phase.BUILDING for e in collector.events)
+            assert admitted, "the build pod was never seen"
+            spec = admitted["spec"]
+            assert spec["automountServiceAccountToken"] is False
+            box = next(c for c in spec["containers"] if c["name"] == "sandbox")
+            assert box["securityContext"]["runAsUser"] == 4242
+            assert not [e for e in box.get("env", []) if "valueFrom" in e]
+            assert "docker-socket" not in {m["name"] for m in box["volumeMounts"]}
+            assert not any(
+                "serviceaccount" in m["mountPath"]
+                for c in spec["containers"]
+                for m in c["volumeMounts"]
+            )
             await builder.close()
             # Its creator removed the pod.
             assert await PodAPI(core).read_pod(NAMESPACE, job.image.build_name) is None
