@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run a complete Binder on this machine, in the foreground:
 #
-#   bash scripts/run.sh [--port N] [--local-store] [--no-setup] [--no-demo] [--config FILE]
+#   bash scripts/run.sh [--port N] [--local-store] [--no-setup] [--no-demo] [--config FILE] [--auth]
 #
 # 1. scripts/setup.sh (idempotent): Docker engine, venv, base images,
 #    configurable-http-proxy.
@@ -51,6 +51,16 @@
 # Everything else stays on loopback (or the servers' private network).
 # BINDERBUILD_LOG_TO=journal writes components' logs to stdout (systemd's
 # journal) instead of $VAR/log.
+#
+# Signed-in mode (docs/signed-in.md): --auth (BINDERBUILD_AUTH=1). The hub
+# signs people in with accounts of its own (jupyterhub-nativeauthenticator):
+# a login page, a sign-up page, sign-ups approved by an admin at
+# /hub/authorize. The first admin, "admin", is made before the hub starts
+# with a generated password, stored 0600 in $VAR/singlemachine/hub-admin-password
+# and printed once (delete the file to get a new one). binderbuild's pages
+# send anonymous visitors to the hub's login and back; each launch is a
+# named server of the signed-in user. For an identity provider (Keycloak,
+# any OpenID Connect / OAuth2 provider) see docs/signed-in.md.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -80,6 +90,7 @@ HTTP_PORT="${BINDERBUILD_HTTP_PORT:-}"
 HSTS="${BINDERBUILD_HSTS:-0}"
 HUB_PREFIX="${BINDERBUILD_HUB_PREFIX:-/jupyter/}"
 LOG_TO="${BINDERBUILD_LOG_TO:-files}"
+AUTH="${BINDERBUILD_AUTH:-0}"
 USE_REGISTRY=1
 SETUP=1
 DEMO=1
@@ -106,7 +117,8 @@ while [ $# -gt 0 ]; do
         --http-port=*) HTTP_PORT="${1#*=}"; shift ;;
         --hsts) HSTS="$2"; shift 2 ;;
         --hsts=*) HSTS="${1#*=}"; shift ;;
-        -h|--help) sed -n '2,54p' "$0"; exit 0 ;;
+        --auth) AUTH=1; shift ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
         *) echo "run.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -323,6 +335,12 @@ fi
 
 # ------------------------------------------------------------ the hub
 TOKEN_FILE="$STATE/binder-service-token"
+# --auth: binderbuild's public URL is where the hub sends browsers back to
+# after they sign in (its OAuth callback).
+BB_PUBLIC_URL="${PUBLIC_ORIGIN:+$PUBLIC_ORIGIN/}"
+BB_PUBLIC_URL="${BB_PUBLIC_URL:-http://127.0.0.1:$PORT/}"
+LOGIN_ARGS=()
+[ "$AUTH" = 1 ] && LOGIN_ARGS=(--login native --admin-user admin --service-url "$BB_PUBLIC_URL")
 "$PY" -m binderbuild.hubconfig \
     --out "$STATE/hub/jupyterhub_config.py" \
     --data-dir "$STATE/hub" \
@@ -338,7 +356,18 @@ TOKEN_FILE="$STATE/binder-service-token"
     --docker-network "$SERVER_NETWORK" --hub-ip "$HUB_IP" \
     --mem-limit "$SERVER_MEM_LIMIT" --cpu-limit "$SERVER_CPU_LIMIT" \
     --pids-limit "$SERVER_PIDS_LIMIT" \
-    --registry-credentials-file "$REGISTRY_CREDENTIALS"
+    --registry-credentials-file "$REGISTRY_CREDENTIALS" \
+    "${LOGIN_ARGS[@]}"
+ADMIN_PASSWORD_FILE="$STATE/hub-admin-password"
+ADMIN_PASSWORD_NEW=""
+if [ "$AUTH" = 1 ]; then
+    # The first admin's account, made while the hub is stopped (nobody can
+    # take the name by signing up first); a new password only when the file
+    # is missing.
+    ADMIN_PASSWORD_NEW="$("$PY" -m binderbuild.hubconfig.auth \
+        --db-url "sqlite:///$STATE/hub/jupyterhub.sqlite" --user admin \
+        --password-file "$ADMIN_PASSWORD_FILE")" || die "could not create the hub's admin account"
+fi
 cat >>"$STATE/hub/jupyterhub_config.py" <<'EOF'
 
 # --- supervised by scripts/run.sh -------------------------------------------
@@ -468,6 +497,16 @@ c.RateLimiter.limit = int("${BINDERBUILD_RATE_LIMIT:-30}")
 c.RateLimiter.period_seconds = 3600
 c.BinderBuild.pod_quota = int("${BINDERBUILD_POD_QUOTA:-20}")
 EOF
+if [ "$AUTH" = 1 ]; then
+    cat >>"$STATE/binderbuild_config.py" <<EOF
+# --auth (docs/signed-in.md): only signed-in hub users launch, each launch a
+# named server of theirs; the pages send anonymous visitors to the hub's
+# login and back to ${BB_PUBLIC_URL}oauth_callback.
+c.BinderBuild.auth_enabled = True
+c.BinderBuild.use_named_servers = True
+c.BinderBuild.launch_host = "$BB_PUBLIC_URL"
+EOF
+fi
 if [ -n "$PUBLIC" ]; then
     cat >>"$STATE/binderbuild_config.py" <<EOF
 # Public mode: one origin (docs/public-single-machine.md). Every URL handed
@@ -501,6 +540,16 @@ supervise binderbuild "$LOG/binderbuild.log" \
     env JUPYTERHUB_API_TOKEN="$(cat "$TOKEN_FILE")" "$PY" -m binderbuild \
     --config="$STATE/binderbuild_config.py" --port="$PORT"
 wait_http "http://127.0.0.1:$PORT/versions" 60 binderbuild "$LOG/binderbuild.log"
+if [ "$AUTH" = 1 ]; then
+    say "signed-in mode: sign in at ${BB_PUBLIC_URL} (the hub's login page); people sign up"
+    say "  there and the admin approves them at the hub's /hub/authorize page"
+    if [ -n "$ADMIN_PASSWORD_NEW" ]; then
+        say "  first admin: user admin, password $ADMIN_PASSWORD_NEW"
+        say "  (shown this once; kept in $ADMIN_PASSWORD_FILE, mode 0600)"
+    else
+        say "  first admin: user admin, password in $ADMIN_PASSWORD_FILE"
+    fi
+fi
 if [ -n "$PUBLIC" ]; then
     # Through the proxy, as browsers come (-k: the name may not resolve here).
     probe="$LISTEN"

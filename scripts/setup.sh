@@ -8,7 +8,7 @@
 #   - Debian packages: docker.io, docker-registry, debootstrap, apache2-utils
 #     (htpasswd), git, chromium + chromium-driver, ca-certificates, curl
 #   - the project venv at $ROOT/.venv with the hub and test extras
-#   - configurable-http-proxy (npm) under $ROOT/var/node
+#   - configurable-http-proxy and oidc-provider (npm, the sign-in tests) under $ROOT/var/node
 #   - dockerd, without a bridge network: containers get no network unless a
 #     caller asks for host networking explicitly
 #   - local base images, because no registry with images is reachable:
@@ -104,6 +104,17 @@ if [ ! -x "$CHP" ]; then
     fi
 else
     say "configurable-http-proxy present"
+fi
+# The OpenID Connect provider the sign-in tests run (tests/auth/oidc), pinned.
+OIDC_VERSION=9.13.3
+if [ "$(node -p "require('$VAR/node/node_modules/oidc-provider/package.json').version" 2>/dev/null)" != "$OIDC_VERSION" ]; then
+    say "npm install oidc-provider@$OIDC_VERSION"
+    if ! npm install --prefix "$VAR/node" --no-audit --no-fund --loglevel=error --save-exact \
+            "oidc-provider@$OIDC_VERSION" >"$LOG/npm-oidc.log" 2>&1; then
+        show_log "$LOG/npm-oidc.log"; fail "npm install oidc-provider"
+    fi
+else
+    say "oidc-provider present"
 fi
 # Browser tests: playwright-core (pinned in tests/e2e/package-lock.json)
 # drives Debian's /usr/bin/chromium; it downloads no browser of its own.

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-NATIVE_AUTHENTICATOR = "nativeauthenticator.NativeAuthenticator"
+NATIVE_AUTHENTICATOR = "binderbuild.hubconfig.native.NativeAuthenticator"
 GENERIC_OAUTHENTICATOR = "oauthenticator.generic.GenericOAuthenticator"
 LOGIN_MODES = ("native", "oauth")
 
@@ -126,11 +126,32 @@ def _check_oauth(login: OAuthLogin) -> None:
         raise LoginConfigError("groups_claim is one claim name, without dots")
 
 
+# binderbuild usually starts after the hub; JupyterHub 6 holds its own start
+# up to a service's `timeout` (30 s) waiting for a service with a URL.
+_NO_WAIT_FOR_SERVICE = [
+    "import jupyterhub as _jupyterhub",
+    "if int(_jupyterhub.__version__.split('.')[0]) >= 6:",
+    "    for _service in c.JupyterHub.services:",
+    "        if _service.get('oauth_redirect_uri'):",
+    "            _service.setdefault('timeout', 1)",
+    "del _jupyterhub",
+]
+
+
 def render_login(login: Login | None, *, public_url: str) -> list[str]:
     """Lines of jupyterhub_config.py for ``login`` (None: the hub's default
     authenticator, left to the operator's extra lines)."""
     if login is None:
         return []
+    return [
+        "",
+        "# binderbuild starts after the hub: the hub does not wait for it.",
+        *_NO_WAIT_FOR_SERVICE,
+        *_authenticator_lines(login, public_url),
+    ]
+
+
+def _authenticator_lines(login: Login, public_url: str) -> list[str]:
     if isinstance(login, NativeLogin):
         return [
             "",
