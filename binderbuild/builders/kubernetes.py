@@ -290,7 +290,9 @@ class KubernetesBuilder(Builder):
     build_scratch_size_limit = Unicode(
         "",
         config=True,
-        help="sizeLimit of the build pod's /tmp emptyDir (the repository checkout).",
+        help="sizeLimit of each of the build pod's two work emptyDirs: the sandbox's "
+        "(the repository checkout and the build context) and the builder's (its copy of "
+        "the build context). Empty: no limit.",
     )
     build_priority_class_name = Unicode("", config=True, help="priorityClassName of build pods.")
     build_active_deadline_seconds = Integer(
