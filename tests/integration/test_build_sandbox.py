@@ -237,3 +237,27 @@ def test_fetch_and_detection_run_unprivileged_without_the_docker_socket(
         ), binds
         assert not any("DOCKER" in e.split("=", 1)[0] for e in config["Env"]), config["Env"]
         assert not any("REGISTRY_CREDENTIALS" in e for e in config["Env"]), config["Env"]
+
+
+def test_the_sandbox_uid_is_never_root():
+    from traitlets import TraitError
+
+    from binderbuild.builders import sandbox
+    from binderbuild.builders.docker import DockerBuilder
+
+    with pytest.raises(TraitError, match="positive"):
+        DockerBuilder(sandbox_uid=0)
+    assert DockerBuilder().sandbox_uid == sandbox.SANDBOX_UID == 1000
+    with pytest.raises(ValueError, match="root"):
+        sandbox.container_args(
+            image="i",
+            r2d_args=[],
+            env={},
+            work_dir="/w",
+            egress_dir=None,
+            network="none",
+            memory_limit=1,
+            pids_limit=1,
+            image_name="x",
+            uid=0,
+        )
