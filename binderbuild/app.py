@@ -25,6 +25,7 @@ from traitlets.utils.importstring import import_item
 from binderbuild import __version__, plugins
 from binderbuild.auth import api_only
 from binderbuild.errors import ConfigError
+from binderbuild.handlers.admin import admin_handlers
 from binderbuild.handlers.api import api_handlers
 from binderbuild.handlers.build import BuildHandler
 from binderbuild.handlers.info import (
@@ -88,6 +89,7 @@ CONFIGURABLES: list[str] = [
     "binderbuild.quota.HubServerCounter",
     "binderbuild.lifecycle.EngineImageCleaner",
     "binderbuild.lifecycle.RegistryLifecycle",
+    "binderbuild.lifecycle.Sweeper",
 ]
 
 
@@ -464,6 +466,7 @@ class BinderBuild(PageOptions, Application):
             (rf"{base}api/repoproviders", RepoProvidersHandler),
         ]
         handlers += api_handlers(base)
+        handlers += admin_handlers(base)
         handlers += services.extra_handlers
         handlers += page_handlers(base, self)
         settings: dict[str, Any] = {

@@ -12,8 +12,9 @@ the connection is never used from two threads at once.
 
 Retention: at most ``max_builds`` builds, none older than ``max_age_days``
 (by finish time; with ``keep_latest_success`` each image's newest successful
-build is spared by the age limit); pruned when the store opens and after
-every write.
+build is spared by the age limit), and logs within ``max_log_bytes`` (the
+oldest builds lose their log first, stored as an empty blob, and keep their
+outcome: ``log_pruned``); pruned when the store opens and after every write.
 
 Image use (issue 16): ``image_usage`` holds ``last_used`` per image name,
 written in batches by ``binderbuild.lifecycle.UsageTracker`` and read by the
@@ -49,7 +50,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from traitlets import Bool, Float, Integer
+from traitlets import Bool, Float, Integer, Unicode
 from traitlets.config import LoggingConfigurable
 
 from binderbuild import owners
@@ -58,6 +59,7 @@ from binderbuild.builds import Build, BuildState
 from binderbuild.errors import ConfigError, error_code
 from binderbuild.events import Phase, ProgressEvent, event
 from binderbuild.models import ResolvedRef
+from binderbuild.units import parse_bytes
 
 log = logging.getLogger("binderbuild.history")
 
@@ -219,6 +221,8 @@ def encode_events(events: Iterable[ProgressEvent]) -> bytes:
 
 
 def decode_events(blob: bytes) -> list[ProgressEvent]:
+    if not blob:  # a log pruned by max_log_bytes
+        return []
     text = zlib.decompress(blob).decode()
     result: list[ProgressEvent] = []
     for line in text.split("\n") if text else []:
@@ -267,6 +271,13 @@ class BuildHistory(LoggingConfigurable):
         30.0,
         config=True,
         help="Days a finished build's log and outcome are kept. 0: no limit by age.",
+    )
+    max_log_bytes = Unicode(
+        "2G",
+        config=True,
+        help="Byte budget of all stored build logs (as stored: compressed). Past it the "
+        "logs of the oldest finished builds are dropped (their outcome stays); the builds "
+        "API answers 410 for such a log. Empty or '0': no limit.",
     )
     keep_latest_success = Bool(
         False,
@@ -426,6 +437,27 @@ class BuildHistory(LoggingConfigurable):
                 "(SELECT id FROM builds ORDER BY finished DESC LIMIT ?)",
                 (self.max_builds,),
             )
+        budget = parse_bytes(self.max_log_bytes) if self.max_log_bytes else 0
+        if budget > 0:
+            self._prune_logs(db, budget)
+
+    def _prune_logs(self, db: sqlite3.Connection, budget: int) -> None:
+        """Drop the logs of the oldest finished builds until all fit in ``budget``."""
+        total = int(db.execute("SELECT COALESCE(SUM(LENGTH(events)), 0) FROM builds").fetchone()[0])
+        if total <= budget:
+            return
+        dropped: list[str] = []
+        rows = db.execute(
+            "SELECT id, LENGTH(events) FROM builds WHERE LENGTH(events) > 0 "
+            "AND id NOT IN (SELECT id FROM running_builds) ORDER BY finished"
+        )
+        for build_id, size in rows.fetchall():
+            if total <= budget:
+                break
+            dropped.append(str(build_id))
+            total -= int(size)
+        db.executemany("UPDATE builds SET events = X'' WHERE id = ?", [(i,) for i in dropped])
+        log.info("dropped the logs of %d old builds (max_log_bytes)", len(dropped))
 
     async def record_usage(self, used: Mapping[str, float]) -> None:
         """Note when images were last used (image name -> unix time), in one
@@ -474,6 +506,17 @@ class BuildHistory(LoggingConfigurable):
 
         blob = await self._run(read)
         return decode_events(blob) if blob is not None else None
+
+    async def log_pruned(self, build_id: str) -> bool:
+        """Whether the build is stored without its log (dropped by max_log_bytes)."""
+
+        def read(db: sqlite3.Connection) -> bool:
+            row = db.execute(
+                "SELECT LENGTH(events) FROM builds WHERE id = ?", (build_id,)
+            ).fetchone()
+            return row is not None and int(row[0]) == 0
+
+        return await self._run(read)
 
     async def list_for_repo(self, provider: str, repo: str, limit: int = 50) -> list[BuildRecord]:
         """Newest first."""

@@ -31,8 +31,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
+import re
 import shutil
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -151,7 +154,7 @@ class Engine(Protocol):
 
     async def remove(self, image: EngineImage) -> None: ...
 
-    async def prune(self, build_cache: bool) -> int: ...
+    async def prune(self, build_cache: bool, dangling: bool = True) -> int: ...
 
     async def usage(self) -> DiskUsage: ...
 
@@ -193,11 +196,13 @@ class DockerEngine:
                     raise ImageInUse(str(exc.explanation or exc)) from None
                 raise
 
-    async def prune(self, build_cache: bool) -> int:
-        result = await asyncio.to_thread(
-            self.client.api.prune_images, filters={"dangling": True}
-        )
-        freed = int((result or {}).get("SpaceReclaimed") or 0)
+    async def prune(self, build_cache: bool, dangling: bool = True) -> int:
+        freed = 0
+        if dangling:
+            result = await asyncio.to_thread(
+                self.client.api.prune_images, filters={"dangling": True}
+            )
+            freed += int((result or {}).get("SpaceReclaimed") or 0)
         if build_cache:
             result = await asyncio.to_thread(self.client.api.prune_builds)
             freed += int((result or {}).get("SpaceReclaimed") or 0)
@@ -309,6 +314,20 @@ class EngineImageCleaner(LoggingConfigurable):
         config=True,
         help="Also prune the engine's build cache (with dangling images) when cleaning.",
     )
+    prune_dangling = Bool(
+        True,
+        config=True,
+        help="Prune the engine's dangling (untagged, unused) images when cleaning. They "
+        "are the engine's, not only binderbuild's: turn off on an engine shared with "
+        "other users.",
+    )
+    min_free = Unicode(
+        "2G",
+        config=True,
+        help="Free space (e.g. '2G') a build needs on the filesystem of Docker's data "
+        "root: with less, /health fails its 'disk' check (a build would not fit) and "
+        "the cleaner runs at once. Empty or '0': no such check.",
+    )
 
     def __init__(
         self,
@@ -348,25 +367,69 @@ class EngineImageCleaner(LoggingConfigurable):
             return high, int(high * self.low_water_percent / max(self.high_water_percent, 1e-9))
         return int(total * self.high_water_percent / 100), int(total * self.low_water_percent / 100)
 
-    async def run_once(self, dry_run: bool = False) -> CleanupReport:
-        async with self._lock:
-            return await self._run_once(dry_run)
+    async def filesystem(self) -> DiskUsage:
+        """The filesystem holding the engine's data (what a build writes to)."""
+        if self._disk_usage is not None:
+            return await self._disk_usage()
+        return await self.engine.usage()
 
-    async def _run_once(self, dry_run: bool) -> CleanupReport:
+    async def health(self) -> dict[str, Any]:
+        """The ``disk`` check's engine part: ok unless less than ``min_free`` is
+        free (a build would not fit); a warning above the high-water mark."""
+        usage = await self.measure()
+        high, _ = self.watermarks(usage.total)
+        fs = usage if self._disk_usage is not None or not self.budget else await self.filesystem()
+        free = fs.total - fs.used
+        result: dict[str, Any] = {
+            "used_bytes": usage.used,
+            "limit_bytes": usage.total,
+            "high_water_bytes": high,
+            "free_bytes": free,
+            "ok": True,
+        }
+        if usage.used > high:
+            result["warning"] = (
+                f"the engine's disk use ({usage.used} bytes) is past the high-water mark "
+                f"({high} bytes): the image cleaner removes the least recently used images"
+            )
+        need = parse_bytes(self.min_free) if self.min_free else 0
+        if need and free < need:
+            result["ok"] = False
+            result["message"] = (
+                f"the build host is out of disk space: {free} bytes free where a build needs "
+                f"{need} (EngineImageCleaner.min_free)"
+            )
+        return result
+
+    async def run_once(self, dry_run: bool = False, force: bool = False) -> CleanupReport:
+        """One pass: above the high-water mark (or always, with ``force``:
+        after a disk-full failure, or an operator's request) clean down to
+        the low-water mark."""
+        async with self._lock:
+            return await self._run_once(dry_run, force)
+
+    async def _run_once(self, dry_run: bool, force: bool = False) -> CleanupReport:
         before = await self.measure()
         high, low = self.watermarks(before.total)
         report = CleanupReport(False, before, before, high, low, dry_run=dry_run)
-        if not self.image_prefix or before.used <= high:
+        if not self.image_prefix or (before.used <= high and not (force and before.used > low)):
             return report
         report.triggered = True
         log.info(
-            "engine disk use %s of %s (%.0f %%) is past the high-water mark %s: cleaning "
-            "down to %s%s",
-            before.used, before.total, before.percent, high, low, " (dry run)" if dry_run else "",
+            "engine disk use %s of %s (%.0f %%)%s: cleaning down to %s%s",
+            before.used,
+            before.total,
+            before.percent,
+            f" is past the high-water mark {high}" if before.used > high else " (cleanup forced)",
+            low,
+            " (dry run)" if dry_run else "",
         )
         current = before
         if not dry_run:
-            report.pruned_bytes = await self.engine.prune(self.prune_build_cache)
+            if self.prune_dangling or self.prune_build_cache:
+                report.pruned_bytes = await self.engine.prune(
+                    self.prune_build_cache, dangling=self.prune_dangling
+                )
             current = await self.measure()
             log.info("pruned dangling images and build cache: %s bytes", report.pruned_bytes)
         if current.used > low:
@@ -406,18 +469,23 @@ class EngineImageCleaner(LoggingConfigurable):
                 current = await self.measure()
                 log.info(
                     "removed image %s (%s bytes); engine disk use now %.0f %%",
-                    name, image.size, current.percent,
+                    name,
+                    image.size,
+                    current.percent,
                 )
         report.after = current
         if not dry_run and current.used > low:
             log.warning(
                 "engine disk use still %s bytes (%.0f %%) after cleaning: nothing else may "
                 "be removed (images in use, recent, or not built by this service)",
-                current.used, current.percent,
+                current.used,
+                current.percent,
             )
         log.info(
             "engine cleanup%s: %d images removed, %s bytes freed",
-            " (dry run)" if dry_run else "", len(report.removed), report.freed_bytes,
+            " (dry run)" if dry_run else "",
+            len(report.removed),
+            report.freed_bytes,
         )
         return report
 
@@ -476,11 +544,7 @@ def registry_deletions(
         return max((last_used[n] for n in image.names if n in last_used), default=image.created)
 
     candidates = sorted(
-        (
-            i
-            for i in images
-            if newest[i.repository] is not i and last_use(i) <= now - keep_seconds
-        ),
+        (i for i in images if newest[i.repository] is not i and last_use(i) <= now - keep_seconds),
         key=lambda i: (last_use(i), i.repository, i.digest),
     )
     doomed: list[RegistryImage] = []
@@ -550,6 +614,18 @@ class RegistryLifecycle(LoggingConfigurable):
         help="Seconds between two checks of the registry (the first one runs one interval "
         "after start).",
     )
+    storage_path = Unicode(
+        "",
+        config=True,
+        help="Directory of the registry's storage when it is on this machine (run.sh: "
+        "var/registry/data): /health fails its 'disk' check when less than min_free is "
+        "free there (a push would not fit). Empty: not checked.",
+    )
+    min_free = Unicode(
+        "1G",
+        config=True,
+        help="Free space (e.g. '1G') a push needs in storage_path; see storage_path.",
+    )
 
     def __init__(
         self,
@@ -571,6 +647,7 @@ class RegistryLifecycle(LoggingConfigurable):
         self.path_prefix = path
         self.host = image_prefix[: len(image_prefix) - len(path)].rstrip("/")
         self._lock = asyncio.Lock()
+        self.last_report: RegistryReport | None = None
 
     def image_name(self, repository: str, tag: str) -> str:
         return f"{self.host}/{repository}:{tag}" if self.host else f"{repository}:{tag}"
@@ -590,8 +667,12 @@ class RegistryLifecycle(LoggingConfigurable):
                 if key in found:
                     old = found[key]
                     found[key] = RegistryImage(
-                        repository, digest, (*old.tags, tag),
-                        (*old.names, self.image_name(repository, tag)), old.blobs, old.created,
+                        repository,
+                        digest,
+                        (*old.tags, tag),
+                        (*old.names, self.image_name(repository, tag)),
+                        old.blobs,
+                        old.created,
                     )
                     continue
                 blobs, created = await self._blobs(repository, manifest)
@@ -600,7 +681,9 @@ class RegistryLifecycle(LoggingConfigurable):
                 )
         return list(found.values())
 
-    async def _blobs(self, repository: str, manifest: dict[str, Any]) -> tuple[dict[str, int], float]:
+    async def _blobs(
+        self, repository: str, manifest: dict[str, Any]
+    ) -> tuple[dict[str, int], float]:
         blobs: dict[str, int] = {}
         created = 0.0
         children = manifest.get("manifests")
@@ -628,11 +711,15 @@ class RegistryLifecycle(LoggingConfigurable):
             images = await self.inventory()
             before = registry_bytes(images)
             report = RegistryReport(before, before, budget, dry_run=dry_run)
+            if not dry_run:
+                self.last_report = report
             if not budget or not self.path_prefix or before <= budget:
                 return report
             log.info(
-                "registry holds %s bytes of images, budget %s: deleting the least recently "
-                "used%s", before, budget, " (dry run)" if dry_run else "",
+                "registry holds %s bytes of images, budget %s: deleting the least recently used%s",
+                before,
+                budget,
+                " (dry run)" if dry_run else "",
             )
             doomed = registry_deletions(
                 images,
@@ -652,51 +739,419 @@ class RegistryLifecycle(LoggingConfigurable):
                 gone.append(image)
                 report.deleted.append(label)
             report.after = registry_bytes(i for i in images if i not in gone)
+            if not dry_run:
+                self.last_report = report
             if report.after > budget:
                 log.warning(
                     "registry still over its budget (%s > %s bytes): the newest image of each "
-                    "repository and recently used images are kept", report.after, budget,
+                    "repository and recently used images are kept",
+                    report.after,
+                    budget,
                 )
             return report
+
+    async def health(self) -> dict[str, Any]:
+        """The ``disk`` check's registry part: not ok when a push would not fit
+        (``storage_path`` has less than ``min_free`` free); a warning while the
+        images are over the budget (from the last pass: listing is not cheap)."""
+        result: dict[str, Any] = {"ok": True}
+        last = self.last_report
+        if last is not None:
+            result.update(bytes=last.after, budget_bytes=last.budget)
+            if last.budget and last.after > last.budget:
+                result["warning"] = (
+                    f"the registry holds {last.after} bytes of images, over its budget of "
+                    f"{last.budget} bytes (recently used images and the newest per repository "
+                    "are kept)"
+                )
+        if self.storage_path:
+            disk = await asyncio.to_thread(shutil.disk_usage, self.storage_path)
+            result["free_bytes"] = disk.free
+            need = parse_bytes(self.min_free) if self.min_free else 0
+            if need and disk.free < need:
+                result["ok"] = False
+                result["message"] = (
+                    f"a push would not fit: {disk.free} bytes free in the registry's storage "
+                    f"where a push needs {need} (RegistryLifecycle.min_free)"
+                )
+        return result
+
+
+# --- sweeps ---------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepReport:
+    containers: list[str] = field(default_factory=list)
+    workdirs: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+
+class Sweeper(LoggingConfigurable):
+    """Removes what builds and servers leave behind on this machine: stopped
+    server containers (with their anonymous volumes) and stale build work
+    directories."""
+
+    enabled = Bool(
+        True,
+        config=True,
+        help="Sweep stopped server containers and stale build work directories every "
+        "interval (single machine).",
+    )
+    interval = Float(
+        3600.0,
+        config=True,
+        help="Seconds between two sweeps (the first one runs one interval after start).",
+    )
+    stopped_server_age = Float(
+        3600.0,
+        config=True,
+        help="Seconds a stopped container of an image under BinderBuild.image_prefix (a "
+        "server that exited, kept so the hub can say why) is left before the sweep "
+        "removes it, with its anonymous volumes.",
+    )
+    stale_workdir_age = Float(
+        86400.0,
+        config=True,
+        help="Seconds after which a build work directory (binderbuild-* under the "
+        "builder's work root) that names no owner is removed. Directories of dead owners "
+        "go at once; those of live builds never.",
+    )
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        image_prefix: str,
+        work_root: str | None,
+        clock: Callable[[], float] = time.time,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.client = client
+        self.image_prefix = image_prefix
+        self.work_root = work_root
+        self.clock = clock
+        self._lock = asyncio.Lock()
+
+    async def run_once(self, dry_run: bool = False) -> SweepReport:
+        async with self._lock:
+            report = SweepReport(dry_run=dry_run)
+            if self.client is not None and self.image_prefix:
+                report.containers = await asyncio.to_thread(self._containers, dry_run)
+            if self.work_root is not None:
+                report.workdirs = await asyncio.to_thread(self._workdirs, dry_run)
+            if report.containers or report.workdirs:
+                log.info(
+                    "sweep%s: %d stopped server containers, %d stale work directories removed",
+                    " (dry run)" if dry_run else "",
+                    len(report.containers),
+                    len(report.workdirs),
+                )
+            return report
+
+    def _containers(self, dry_run: bool) -> list[str]:
+        import docker.errors
+
+        from binderbuild.builders.leftovers import ROLE_LABEL
+
+        gone: list[str] = []
+        rows = self.client.api.containers(
+            all=True, filters={"status": ["exited", "dead", "created"]}
+        )
+        now = self.clock()
+        for row in rows:
+            image = str(row.get("Image") or "")
+            if not image.startswith(self.image_prefix) or ROLE_LABEL in (row.get("Labels") or {}):
+                continue
+            try:
+                state = self.client.api.inspect_container(row["Id"]).get("State") or {}
+            except docker.errors.NotFound:
+                continue
+            ended = parse_created(state.get("FinishedAt")) or float(row.get("Created") or 0)
+            if state.get("Running") or now - ended < self.stopped_server_age:
+                continue
+            name = (row.get("Names") or [row["Id"][:12]])[0].lstrip("/")
+            if not dry_run:
+                try:
+                    self.client.api.remove_container(row["Id"], v=True)
+                except docker.errors.NotFound:
+                    continue
+                except docker.errors.APIError as exc:  # started again meanwhile
+                    log.info("kept container %s: %s", name, exc)
+                    continue
+                log.info("removed stopped server container %s (%s)", name, image)
+            gone.append(name)
+        return gone
+
+    def _workdirs(self, dry_run: bool) -> list[str]:
+        from pathlib import Path
+
+        from binderbuild.builders import leftovers
+
+        gone: list[str] = []
+        if not dry_run:
+            gone += [item.name for item in leftovers.sweep_workdirs(self.work_root or "")]
+        base = Path(self.work_root or tempfile.gettempdir())
+        now = self.clock()
+        try:
+            paths = sorted(base.glob(leftovers.WORKDIR_PREFIX + "*"))
+        except OSError:
+            return gone
+        for path in paths:
+            try:
+                if not path.is_dir() or (path / leftovers.OWNER_FILE).exists():
+                    continue
+                if now - path.stat().st_mtime < self.stale_workdir_age:
+                    continue
+            except OSError:
+                continue
+            if not dry_run:
+                leftovers.remove_workdir(path)
+                log.info("removed stale work directory %s", path)
+            gone.append(str(path))
+        return gone
 
 
 # --- running them -------------------------------------------------------------------------
 
+# Seconds between two cleanups started by a full disk.
+DISK_FULL_PAUSE = 60.0
+_NO_SPACE = re.compile(r"out of disk space|no space left on device|ENOSPC", re.IGNORECASE)
+
+
+class Store(enum.StrEnum):
+    ENGINE = "engine"
+    REGISTRY = "registry"
+
+
+@dataclass
+class LifecycleStats:
+    """What /metrics shows (read at scrape time)."""
+
+    engine_used: int | None = None
+    engine_limit: int | None = None
+    registry_bytes: int | None = None
+    registry_budget: int | None = None
+    freed: dict[str, int] = field(default_factory=lambda: {s.value: 0 for s in Store})
+    removed: dict[str, int] = field(default_factory=lambda: {s.value: 0 for s in Store})
+    swept: dict[str, int] = field(default_factory=lambda: {"container": 0, "workdir": 0})
+    disk_full_cleanups: int = 0
+
 
 class Lifecycle:
-    """The usage tracker and the periodic cleaners of one service."""
+    """The usage tracker, the periodic cleaners and sweeps of one service,
+    what they did (``stats``), the ``disk`` health check and the admin API's
+    operations."""
 
     def __init__(
         self,
         usage: UsageTracker,
         engine_cleaner: EngineImageCleaner | None = None,
         registry: RegistryLifecycle | None = None,
+        sweeper: Sweeper | None = None,
     ) -> None:
         self.usage = usage
         self.engine_cleaner = engine_cleaner
+        # Present for the health check whenever images go to a registry; it
+        # deletes only when enabled.
         self.registry = registry
+        self.sweeper = sweeper
+        self.stats = LifecycleStats()
         self._tasks: list[asyncio.Task[None]] = []
+        self._disk_full: asyncio.Task[None] | None = None
+        self._disk_full_at = 0.0
+
+    @property
+    def registry_enabled(self) -> bool:
+        return self.registry is not None and self.registry.enabled
 
     def start(self) -> None:
+        jobs: list[tuple[float, Callable[[], Awaitable[Any]], str]] = []
         if self.engine_cleaner is not None:
-            self._tasks.append(
-                asyncio.ensure_future(
-                    _every(self.engine_cleaner.interval, self.engine_cleaner.run_once, "engine image cleanup")
-                )
-            )
-        if self.registry is not None:
-            self._tasks.append(
-                asyncio.ensure_future(
-                    _every(self.registry.interval, self.registry.run_once, "registry cleanup")
-                )
-            )
+            jobs.append((self.engine_cleaner.interval, self.clean_engine, "engine image cleanup"))
+        if self.registry is not None and self.registry.enabled:
+            jobs.append((self.registry.interval, self.clean_registry, "registry cleanup"))
+        if self.sweeper is not None:
+            jobs.append((self.sweeper.interval, self.sweep, "sweep"))
+        for interval, job, what in jobs:
+            self._tasks.append(asyncio.ensure_future(_every(interval, job, what)))
+
+    async def clean_engine(
+        self, dry_run: bool = False, force: bool = False
+    ) -> CleanupReport | None:
+        if self.engine_cleaner is None:
+            return None
+        report = await self.engine_cleaner.run_once(dry_run=dry_run, force=force)
+        self.stats.engine_used = report.after.used
+        self.stats.engine_limit = report.after.total
+        if not dry_run:
+            self.stats.freed[Store.ENGINE] += report.freed_bytes
+            self.stats.removed[Store.ENGINE] += len(report.removed)
+        return report
+
+    async def clean_registry(self, dry_run: bool = False) -> RegistryReport | None:
+        if self.registry is None or not self.registry.enabled:
+            return None
+        report = await self.registry.run_once(dry_run=dry_run)
+        self.stats.registry_bytes = report.before if dry_run else report.after
+        self.stats.registry_budget = report.budget
+        if not dry_run:
+            self.stats.freed[Store.REGISTRY] += max(0, report.before - report.after)
+            self.stats.removed[Store.REGISTRY] += len(report.deleted)
+        return report
+
+    async def sweep(self, dry_run: bool = False) -> SweepReport | None:
+        if self.sweeper is None:
+            return None
+        report = await self.sweeper.run_once(dry_run=dry_run)
+        if not dry_run:
+            self.stats.swept["container"] += len(report.containers)
+            self.stats.swept["workdir"] += len(report.workdirs)
+        return report
+
+    async def cleanup(self, dry_run: bool = False, force: bool = False) -> dict[str, Any]:
+        """Everything at once (the admin API's ``POST /api/admin/cleanup``)."""
+        engine = await self.clean_engine(dry_run=dry_run, force=force)
+        registry = await self.clean_registry(dry_run=dry_run)
+        swept = await self.sweep(dry_run=dry_run)
+        return {
+            "dry_run": dry_run,
+            "engine": None
+            if engine is None
+            else {
+                "triggered": engine.triggered,
+                "used_bytes_before": engine.before.used,
+                "used_bytes_after": engine.after.used,
+                "high_water_bytes": engine.high_water,
+                "low_water_bytes": engine.low_water,
+                "removed": engine.removed,
+                "kept_in_use": engine.skipped,
+                "freed_bytes": engine.freed_bytes,
+            },
+            "registry": None
+            if registry is None
+            else {
+                "bytes_before": registry.before,
+                "bytes_after": registry.after,
+                "budget_bytes": registry.budget,
+                "deleted": registry.deleted,
+            },
+            "sweep": None
+            if swept is None
+            else {"containers": swept.containers, "workdirs": swept.workdirs},
+        }
+
+    async def images(self) -> list[dict[str, Any]]:
+        """Images by last use, least recently used first (the order the
+        cleaners remove them in): every image with a recorded use, and every
+        engine image under the prefix."""
+        last_used = await self.usage.last_used()
+        rows: dict[str, dict[str, Any]] = {
+            name: {"image": name, "last_used": when, "in_engine": False, "size_bytes": None}
+            for name, when in last_used.items()
+        }
+        cleaner = self.engine_cleaner
+        if cleaner is not None and cleaner.image_prefix:
+            running = await cleaner.engine.running_image_ids()
+            in_builds = set(cleaner.in_use_names())
+            for image in await cleaner.engine.images():
+                for tag in image.tags:
+                    if not tag.startswith(cleaner.image_prefix):
+                        continue
+                    row = rows.setdefault(
+                        tag, {"image": tag, "last_used": None, "in_engine": False}
+                    )
+                    row.update(
+                        in_engine=True,
+                        size_bytes=image.size,
+                        created=image.created,
+                        in_use=image.id in running or tag in in_builds,
+                    )
+        for row in rows.values():
+            row.setdefault("in_use", False)
+            row.setdefault("created", None)
+        return sorted(
+            rows.values(),
+            key=lambda r: (r["last_used"] or r["created"] or 0.0, r["image"]),
+        )
+
+    async def health(self) -> dict[str, Any]:
+        """The ``disk`` check of /health: not ok when a build or a push would
+        not fit; ``warning`` (still ok) above a high-water mark or budget."""
+        result: dict[str, Any] = {"ok": True}
+        warnings: list[str] = []
+        problems: list[str] = []
+        parts: list[tuple[str, Any]] = [
+            ("engine", self.engine_cleaner),
+            ("registry", self.registry),
+        ]
+        for name, part in parts:
+            if part is None:
+                continue
+            details = dict(await part.health())
+            ok = details.pop("ok", True)
+            if not ok:
+                problems.append(str(details.get("message")))
+            if "warning" in details:
+                warnings.append(str(details["warning"]))
+            if name == "engine":
+                self.stats.engine_used = details.get("used_bytes")
+                self.stats.engine_limit = details.get("limit_bytes")
+            result[name] = details
+        if warnings:
+            result["warning"] = "; ".join(warnings)
+        if problems:
+            result["ok"] = False
+            result["message"] = "; ".join(problems)
+            self.disk_full()
+        return result
+
+    def build_finished(self, build: Build) -> None:
+        """BuildManager on_finished hook: a build that failed for lack of disk
+        space starts a cleanup at once (down to the low-water mark), so the
+        next request finds room if anything could be freed."""
+        reason = build.error.message if build.error is not None else ""
+        if build.state is BuildState.FAILED and _NO_SPACE.search(reason):
+            log.warning("build %s ran out of disk space: cleaning up now", build.id)
+            self.disk_full()
+
+    def disk_full(self) -> None:
+        """Start one forced cleanup (engine, registry, sweeps) unless one runs
+        or ran in the last ``DISK_FULL_PAUSE`` seconds (health probes ask often)."""
+        if self._disk_full is not None and not self._disk_full.done():
+            return
+        now = time.monotonic()
+        if self._disk_full is not None and now - self._disk_full_at < DISK_FULL_PAUSE:
+            return
+        self._disk_full_at = now
+        try:
+            self._disk_full = asyncio.get_running_loop().create_task(self._clean_after_disk_full())
+        except RuntimeError:
+            pass
+
+    async def _clean_after_disk_full(self) -> None:
+        self.stats.disk_full_cleanups += 1
+        try:
+            await self.cleanup(force=True)
+        except Exception as exc:
+            log.error("cleanup after a full disk failed: %s", exc)
+
+    async def wait_idle(self) -> None:
+        """Wait for a running disk-full cleanup (tests, shutdown)."""
+        if self._disk_full is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._disk_full)
 
     async def close(self) -> None:
-        for task in self._tasks:
+        for task in [*self._tasks, *([self._disk_full] if self._disk_full else [])]:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._disk_full is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._disk_full
         self._tasks.clear()
         await self.usage.close()
 

@@ -208,6 +208,83 @@ class _QueueCollector:
         )
 
 
+class LifecycleStatsLike(Protocol):
+    """``binderbuild.lifecycle.LifecycleStats``: what the cleaners measured and did."""
+
+    engine_used: int | None
+    engine_limit: int | None
+    registry_bytes: int | None
+    registry_budget: int | None
+    freed: dict[str, int]
+    removed: dict[str, int]
+    swept: dict[str, int]
+    disk_full_cleanups: int
+
+
+class _LifecycleCollector:
+    """Reads the lifecycle's figures at scrape time (issue 16). Disk use is the
+    last reading (cleaner pass or /health); absent until there is one."""
+
+    def __init__(self, stats: LifecycleStatsLike) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.stats
+        used = GaugeMetricFamily(
+            f"{PREFIX}_disk_used_bytes",
+            "Bytes used, by store: engine (the filesystem of Docker's data root, or the "
+            "engine's images and build cache with a budget), registry (the images under "
+            "the prefix, from their manifests).",
+            labels=["store"],
+        )
+        limit = GaugeMetricFamily(
+            f"{PREFIX}_disk_limit_bytes",
+            "What used_bytes is measured against, by store: the filesystem's size or the "
+            "configured budget.",
+            labels=["store"],
+        )
+        for store, value, cap in (
+            ("engine", s.engine_used, s.engine_limit),
+            ("registry", s.registry_bytes, s.registry_budget),
+        ):
+            if value is not None:
+                used.add_metric([store], value)
+            if cap:
+                limit.add_metric([store], cap)
+        freed = CounterMetricFamily(
+            f"{PREFIX}_cleanup_freed_bytes",
+            "Bytes freed by the image cleaners, by store (registry: bytes of the deleted "
+            "images' blobs; the disk is freed by the registry's garbage collection).",
+            labels=["store"],
+        )
+        removed = CounterMetricFamily(
+            f"{PREFIX}_cleanup_removed_images",
+            "Images removed by the image cleaners, by store.",
+            labels=["store"],
+        )
+        for store in sorted(s.freed):
+            freed.add_metric([store], s.freed[store])
+            removed.add_metric([store], s.removed.get(store, 0))
+        swept = CounterMetricFamily(
+            f"{PREFIX}_cleanup_swept",
+            "Leftovers removed by the sweeps: stopped server containers, work directories.",
+            labels=["kind"],
+        )
+        for kind in sorted(s.swept):
+            swept.add_metric([kind], s.swept[kind])
+        yield used
+        yield limit
+        yield freed
+        yield removed
+        yield swept
+        yield CounterMetricFamily(
+            f"{PREFIX}_cleanup_disk_full",
+            "Cleanups started because a build or push ran out of disk space (or /health "
+            "found too little free).",
+            value=s.disk_full_cleanups,
+        )
+
+
 class PoolMiss(enum.StrEnum):
     """Why a launch of an image with a warm pool was not served from it."""
 
@@ -381,6 +458,10 @@ class Metrics:
     def watch_queue(self, builds: BuildManager) -> None:
         """Export the build manager's queue and slot gauges (read at scrape time)."""
         self.registry.register(_QueueCollector(builds))
+
+    def watch_lifecycle(self, stats: LifecycleStatsLike) -> None:
+        """Export disk use, bytes freed and images removed (read at scrape time)."""
+        self.registry.register(_LifecycleCollector(stats))
 
     def watch_pool(self, pool: PoolLike) -> None:
         """Export the warm pools' sizes and backoff state (read at scrape time)."""

@@ -70,6 +70,7 @@ from binderbuild.lifecycle import (
     EngineImageCleaner,
     Lifecycle,
     RegistryLifecycle,
+    Sweeper,
     UsageTracker,
 )
 from binderbuild.logging_setup import attach_scrubber
@@ -292,6 +293,20 @@ def compose(app: BinderBuild, registry_config: DockerRegistry) -> Services:
         ),
     )
 
+    lifecycle = make_lifecycle(
+        app,
+        usage,
+        docker_client,
+        image_store,
+        builds,
+        known_images,
+        on_image_removed=warm_pool.image_removed if warm_pool is not None else None,
+        work_root=getattr(builder, "work_root", None),
+    )
+    # A build that ran out of disk space starts a cleanup (issue 16).
+    builds.on_finished = (*builds.on_finished, lifecycle.build_finished)
+    metrics.watch_lifecycle(lifecycle.stats)
+
     checks: dict[str, tuple[Callable[[], Awaitable[dict[str, Any]]], bool]] = {
         "registry" if app.use_registry else "image-store": (image_store.check, True),
         "build-backend": (builder.check, True),
@@ -301,6 +316,8 @@ def compose(app: BinderBuild, registry_config: DockerRegistry) -> Services:
         checks["hub"] = (launcher.check, True)
     if warm_pool is not None:
         checks["warm-pool"] = (warm_pool.health, False)
+    if lifecycle.engine_cleaner is not None or lifecycle.registry is not None:
+        checks["disk"] = (lifecycle.health, True)
     health = HealthChecker(checks, ttl=app.health_check_ttl, scrub=scrubber.scrub)
 
     return Services(
@@ -336,15 +353,7 @@ def compose(app: BinderBuild, registry_config: DockerRegistry) -> Services:
         hub_auth=hub_auth,
         user_resolver=user_resolver,
         extra_handlers=extra_handlers,
-        lifecycle=make_lifecycle(
-            app,
-            usage,
-            docker_client,
-            image_store,
-            builds,
-            known_images,
-            on_image_removed=warm_pool.image_removed if warm_pool is not None else None,
-        ),
+        lifecycle=lifecycle,
         warm_pool=warm_pool,
     )
 
@@ -455,9 +464,11 @@ def make_lifecycle(
     builds: BuildManager,
     known_images: KnownImages,
     on_image_removed: Callable[[str], None] | None = None,
+    work_root: str | None = None,
 ) -> Lifecycle:
-    """Usage tracking, and the cleaners that are enabled: the engine's when
-    this machine has the engine, the registry's when images go to one."""
+    """Usage tracking, and the cleaners that are enabled: the engine's and
+    the sweeps when this machine has the engine, the registry's when images
+    go to one (present for the health check, deleting only when enabled)."""
     engine_cleaner: EngineImageCleaner | None = None
 
     def removed(image: str) -> None:
@@ -488,11 +499,20 @@ def make_lifecycle(
             usage=usage,
             on_removed=removed,
         )
-        if not registry.enabled:
-            registry = None
-        elif not registry.budget:
+        if registry.enabled and not registry.budget:
             raise ConfigError("RegistryLifecycle.enabled needs RegistryLifecycle.budget (e.g. '100G').")
-    return Lifecycle(usage, engine_cleaner, registry)
+    sweeper: Sweeper | None = None
+    if docker_client is not None:
+        sweeper = Sweeper(
+            docker_client,
+            parent=app,
+            log=app.log,
+            image_prefix=app.image_prefix,
+            work_root=work_root,
+        )
+        if not sweeper.enabled:
+            sweeper = None
+    return Lifecycle(usage, engine_cleaner, registry, sweeper)
 
 
 def make_builder(app: BinderBuild, resources: BuildResources) -> Builder:

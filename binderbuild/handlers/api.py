@@ -281,6 +281,15 @@ class ApiHandler(BaseHandler):
             )
         return False
 
+    def log_gone(self, build_id: str) -> None:
+        """410: the build is known, its log was dropped (BuildHistory.max_log_bytes)."""
+        message = (
+            f"The log of build {build_id} was pruned to keep the stored logs within "
+            f"their byte budget; its outcome is still at "
+            f"{self.ctx.settings.base_url}api/builds/{build_id}."
+        )
+        self.write_json({"message": message, "status_code": 410}, 410)
+
     async def find(self, build_id: str) -> tuple[BuildRecord, Build | None]:
         """A build by id: live from the manager, else from the history store."""
         live = self.ctx.builds.get(build_id)
@@ -425,6 +434,8 @@ class BuildResourceHandler(ApiHandler):
 class BuildLogHandler(ApiHandler):
     async def get(self, build_id: str) -> None:
         _, live = await self.find(build_id)
+        if live is None and await self.history.log_pruned(build_id):
+            return self.log_gone(build_id)
         events = list(live.events) if live is not None else await self.history.events(build_id)
         self.set_header("Content-Type", "text/plain; charset=UTF-8")
         self.finish(log_text(events or []))
@@ -456,6 +467,8 @@ class BuildEventsHandler(ApiHandler, EventStreamHandler):
             else self.get_query_argument("last_event_id", None)
         )
         _, live = await self.find(build_id)
+        if live is None and await self.history.log_pruned(build_id):
+            return self.log_gone(build_id)
         if live is not None:
             total = len(live.events)
             events: AsyncIterator[tuple[int | None, ProgressEvent]] = _live(live, after)

@@ -49,7 +49,7 @@ def build_image(docker_client: Any, name: str, base: str = "scratch", size: int 
 class NoPrune(DockerEngine):
     """The real engine, but no global prune: other tests share this engine."""
 
-    async def prune(self, build_cache: bool) -> int:
+    async def prune(self, build_cache: bool, dangling: bool = True) -> int:
         return 0
 
 
@@ -67,7 +67,9 @@ def test_engine_cleaner_lru_keeps_running_and_base_images(docker_client, tmp_pat
         now = time.time()
 
         def ours() -> list[str]:
-            return sorted(t for i in docker_client.images.list() for t in i.tags if t.startswith(prefix))
+            return sorted(
+                t for i in docker_client.images.list() for t in i.tags if t.startswith(prefix)
+            )
 
         async def disk() -> DiskUsage:
             # 10 units of disk: 4 used by others, one per image of this test.
@@ -148,9 +150,7 @@ def test_registry_budget_deletes_lru_and_keeps_the_newest_per_repository(
             await history.record_usage(
                 {names[0]: now - 10 * DAY, names[1]: now - 20 * DAY, names[3]: now - 30 * DAY}
             )
-            lifecycle = RegistryLifecycle(
-                client, image_prefix=prefix, usage=usage, keep_days=0
-            )
+            lifecycle = RegistryLifecycle(client, image_prefix=prefix, usage=usage, keep_days=0)
             images = await lifecycle.inventory()
             by_name = {i.names[0]: i for i in images}
             assert set(by_name) == set(names)

@@ -95,7 +95,7 @@ class FakeEngine:
         del self.images_by_id[image.id]
         self.removed.append(image.tags[0])
 
-    async def prune(self, build_cache: bool) -> int:
+    async def prune(self, build_cache: bool, dangling: bool = True) -> int:
         self.pruned += 1
         freed, self.dangling = self.dangling, 0
         return freed
