@@ -12,7 +12,14 @@ Goal on the 2-core reference machine (issue 15): 10,000 streams within
 +150 MB (about 15 KiB per stream; a bare idle Tornado stream is about
 14 KiB), one descriptor each. CI runs the short form (--short: 1,000).
 
-    python -m benchmarks.streams_benchmark [--streams 10000]
+    python -m benchmarks.streams_benchmark [--streams 10000] [--tracemalloc]
+
+--tracemalloc starts the service with tracemalloc on (a ``sitecustomize``
+in a temporary directory first on its PYTHONPATH; SIGUSR1 dumps a snapshot)
+and prints where the bytes of the open streams went: the allocation sites
+grown most between the snapshot before and the one with the streams open,
+per stream. (tracemalloc slows the service and counts Python allocations
+only; the RSS figures of such a run are not the benchmark's.)
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import os
 import resource
 import secrets
 import selectors
+import shutil
 import socket
 import sys
 import tempfile
@@ -50,6 +58,51 @@ class SleepingBuilder(Builder):
         for i in range(int(seconds / tick)):
             await asyncio.sleep(tick)
             yield event(Phase.BUILDING, f"tick {i + 1}\n")
+
+
+# Loaded by the service (first on its PYTHONPATH) under --tracemalloc.
+_TRACE_HOOK = '''
+import os, signal, tracemalloc
+_dir = os.environ.get("BINDERBUILD_BENCH_TRACE_DIR")
+if _dir:
+    tracemalloc.start(int(os.environ.get("BINDERBUILD_BENCH_TRACE_FRAMES", "1")))
+    _n = [0]
+
+    def _dump(*_args):
+        _n[0] += 1
+        tracemalloc.take_snapshot().dump(os.path.join(_dir, "snap-%d.tmp" % _n[0]))
+        os.rename(os.path.join(_dir, "snap-%d.tmp" % _n[0]), os.path.join(_dir, "snap-%d" % _n[0]))
+
+    signal.signal(signal.SIGUSR1, _dump)
+'''
+
+
+def trace_snapshot(pid: int, directory: Path, number: int) -> Any:
+    import signal
+    import tracemalloc
+
+    os.kill(pid, signal.SIGUSR1)
+    path = directory / f"snap-{number}"
+    deadline = time.monotonic() + 120
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError("the service wrote no tracemalloc snapshot")
+        time.sleep(0.1)
+    return tracemalloc.Snapshot.load(str(path))
+
+
+def print_trace(before: Any, after: Any, streams: int, frames: int) -> None:
+    stats = after.compare_to(before, "traceback" if frames > 1 else "lineno")
+    grown = sum(s.size_diff for s in stats)
+    print(f"tracemalloc: +{grown / 1024 / 1024:.1f} MiB in Python objects, "
+          f"{grown / streams / 1024:.2f} KiB per stream; largest sites per stream:")
+    for stat in stats[:25]:
+        if stat.size_diff <= 0:
+            continue
+        where = " <- ".join(
+            f"{Path(f.filename).name}:{f.lineno}" for f in stat.traceback[:frames]
+        )
+        print(f"  {stat.size_diff / streams:8.0f} B  {stat.count_diff / streams:6.2f} objs  {where}")
 
 
 def rss_kib(pid: int) -> int:
@@ -109,6 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=10000)
     parser.add_argument("--short", action="store_true", help="CI form: 1,000 streams")
+    parser.add_argument(
+        "--tracemalloc", action="store_true", help="print where the streams' bytes go"
+    )
+    parser.add_argument("--frames", type=int, default=1, help="traceback depth (--tracemalloc)")
+    parser.add_argument("--keep", metavar="DIR", help="copy the snapshots to DIR (--tracemalloc)")
     args = parser.parse_args(argv)
     if args.short:
         args.streams = 1000
@@ -123,12 +181,24 @@ def main(argv: list[str] | None = None) -> int:
     from tests.sse import read_events
 
     # Time to open every stream, then a few ticks and keepalives with all open.
-    build_seconds = 20 + args.streams // 200
+    build_seconds = (20 + args.streams // 200) * (4 if args.tracemalloc else 1)
     with tempfile.TemporaryDirectory(prefix="binderbuild-streams-bench-") as tmp:
         work = Path(tmp)
         git = GitServer(work / "git")
         git.start()
         service: BinderBuildService | None = None
+        env = {
+            "PYTHONPATH": str(ROOT),
+            "BINDERBUILD_BENCH_BUILD_SECONDS": str(build_seconds),
+            "BINDERBUILD_BENCH_TICK": "3",
+        }
+        trace_dir = work / "trace"
+        if args.tracemalloc:
+            trace_dir.mkdir()
+            (trace_dir / "sitecustomize.py").write_text(_TRACE_HOOK)
+            env["PYTHONPATH"] = f"{trace_dir}:{ROOT}"
+            env["BINDERBUILD_BENCH_TRACE_DIR"] = str(trace_dir)
+            env["BINDERBUILD_BENCH_TRACE_FRAMES"] = str(args.frames)
         try:
             service = BinderBuildService(
                 work / "svc",
@@ -138,12 +208,8 @@ def main(argv: list[str] | None = None) -> int:
                     # Idle gaps between events: keepalives are written too.
                     "c.BinderBuild.keepalive_interval = 1\n",
                 ),
-                env={
-                    "PYTHONPATH": str(ROOT),
-                    "BINDERBUILD_BENCH_BUILD_SECONDS": str(build_seconds),
-                    "BINDERBUILD_BENCH_TICK": "3",
-                },
-            ).start()
+                env=env,
+            ).start(timeout=180 if args.tracemalloc else 30)
             assert service.proc is not None
             pid = service.proc.pid
             name = f"streams-{secrets.token_hex(4)}"
@@ -153,14 +219,22 @@ def main(argv: list[str] | None = None) -> int:
             read_events(service.url + path, stop_after=1, timeout=30)
             time.sleep(0.5)
             base_rss, base_fds = rss_kib(pid), open_fds(pid)
+            before = trace_snapshot(pid, trace_dir, 1) if args.tracemalloc else None
 
             started = time.monotonic()
             clients = Clients(service.port, path, args.streams)
             clients.pump(3.0)
+            while open_fds(pid) - base_fds < args.streams and time.monotonic() - started < 120:
+                clients.pump(0.5)
             opened = time.monotonic() - started
             # Every stream has its first events and a keepalive or two.
             clients.pump(6.0)
             open_rss, open_fds_now = rss_kib(pid), open_fds(pid)
+            if args.tracemalloc:
+                print_trace(before, trace_snapshot(pid, trace_dir, 2), args.streams, args.frames)
+                if args.keep:
+                    for snap in ("snap-1", "snap-2"):
+                        shutil.copy(trace_dir / snap, Path(args.keep) / snap)
             # Until the build ends and every stream is closed by the service.
             deadline = time.monotonic() + build_seconds + 60
             while clients.open and time.monotonic() < deadline:

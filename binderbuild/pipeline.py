@@ -302,9 +302,15 @@ class Pipeline:
                     # aclosing: a client that leaves stops following now
                     # (the build's follower count drops at once, which the
                     # abandoned-build policy reads), not at garbage collection.
-                    async with contextlib.aclosing(self._follow_build(build)) as events:
-                        async for ev in events:
+                    # Followed here rather than in a generator of its own:
+                    # every open /build stream holds this chain (issue 15).
+                    async with contextlib.aclosing(build.follow()) as following:
+                        async for _, ev in following:
+                            if ev.phase in (Phase.BUILT, Phase.FAILED) and build.state.finished:
+                                break
                             yield ev
+                    if build.state is not BuildState.SUCCEEDED:
+                        raise build.error or BuildFailed("Build failed.")
 
             if request.build_only or self.launcher is None:
                 yield event(Phase.READY, f"Image {image.name} is ready.\n", imageName=image.name)
@@ -334,15 +340,6 @@ class Pipeline:
                     observe(report)
                 except Exception:
                     log.exception("pipeline observer failed")
-
-    async def _follow_build(self, build: Build) -> AsyncGenerator[ProgressEvent, None]:
-        async with contextlib.aclosing(build.follow()) as following:
-            async for _, ev in following:
-                if ev.phase in (Phase.BUILT, Phase.FAILED) and build.state.finished:
-                    break
-                yield ev
-        if build.state is not BuildState.SUCCEEDED:
-            raise build.error or BuildFailed("Build failed.")
 
     def launch_request(
         self, request: BuildRequest, ref: ResolvedRef, image: ImageSpec

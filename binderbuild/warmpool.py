@@ -35,6 +35,15 @@ Correctness:
   ``backoff_max``) and says so in ``/health`` (``warm-pool``) and
   ``/metrics``; launches of its image are cold meanwhile, never failed by
   the pool. A hand-out the hub refuses falls back to a cold launch too.
+- a launch that finds its pool empty (a burst: a class clicking one badge)
+  waits for the pool's next server instead of spawning cold
+  (``wait_for_refill``): the launches waiting are served in order of
+  arrival by the starts in flight, and the pool starts one more server per
+  waiting launch, at most ``concurrent_starts`` at a time in all pools. On
+  a small machine a burst of cold spawns all at once makes every one of
+  them slow; a capped stream of starts hands the first servers out soon.
+  A waiting launch goes cold after ``wait_timeout`` seconds, or at once when
+  the pool fails a start, is drained or is backing off;
 - signed-in launches are always cold: JupyterHub starts a server for one
   user, and a running server cannot change owner, so a server started
   before the user asked cannot become theirs.
@@ -50,7 +59,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from traitlets import Float, Integer, List, Unicode
+from traitlets import Bool, Float, Integer, List, Unicode
 from traitlets.config import LoggingConfigurable
 
 from binderbuild.builds import Build, BuildState
@@ -70,7 +79,9 @@ Prepare = Callable[[str], Awaitable[LaunchRequest | None]]
 class PoolBackend(Protocol):
     """What a pool needs of the launcher it wraps (``HubLauncher`` has it)."""
 
-    def launch(self, request: LaunchRequest) -> AsyncGenerator[ProgressEvent | LaunchResult, None]: ...
+    def launch(
+        self, request: LaunchRequest
+    ) -> AsyncGenerator[ProgressEvent | LaunchResult, None]: ...
 
     async def check(self) -> dict[str, Any]: ...
 
@@ -123,6 +134,11 @@ class _Pool:
     template: LaunchRequest
     ready: collections.deque[PooledServer] = field(default_factory=collections.deque)
     starting: int = 0
+    # Launches waiting for this pool's next server, oldest first; each gets
+    # a server, or None (launch cold).
+    waiters: collections.deque[asyncio.Future[PooledServer | None]] = field(
+        default_factory=collections.deque
+    )
     # Bumped by a drain: servers whose start began before it are not pooled.
     generation: int = 0
     hits: int = 0
@@ -140,6 +156,30 @@ class _Pool:
     @property
     def size(self) -> int:
         return len(self.ready) + self.starting
+
+    @property
+    def healthy(self) -> bool:
+        """Its starts succeed: worth waiting for."""
+        return self.proven and self.consecutive_failures == 0 and not self.quota_full
+
+    def waiting(self) -> int:
+        return sum(1 for w in self.waiters if not w.done())
+
+    def serve(self, server: PooledServer) -> bool:
+        """Give ``server`` to the oldest waiting launch, if there is one."""
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(server)
+                return True
+        return False
+
+    def release_waiters(self) -> None:
+        """Nothing is coming: the launches waiting go cold."""
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
 
 
 class WarmPoolLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
@@ -200,6 +240,28 @@ class WarmPoolLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
         "each failure in a row up to backoff_max. Launches are cold meanwhile.",
     )
     backoff_max = Float(600.0, config=True, help="Upper bound of a pool's backoff.")
+    wait_for_refill = Bool(
+        True,
+        config=True,
+        help="A launch that finds its image's pool empty waits for the pool's next server "
+        "(launches waiting are served in order of arrival; the pool starts one more server "
+        "per waiting launch, within concurrent_starts) instead of spawning cold at once. "
+        "It goes cold after wait_timeout, or at once when the pool's starts fail. False: "
+        "launches finding the pool empty are cold.",
+    )
+    wait_timeout = Float(
+        60.0,
+        config=True,
+        help="Seconds a launch waits for a pooled server (wait_for_refill) before it "
+        "launches cold.",
+    )
+    concurrent_starts = Integer(
+        4,
+        config=True,
+        help="Pooled servers starting at once in all pools together (refills and starts "
+        "for waiting launches). Every start is a container and a Jupyter server starting; "
+        "on a small machine many at once make each of them slower.",
+    )
 
     def __init__(
         self,
@@ -272,6 +334,17 @@ class WarmPoolLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
             pool = self._pools.get(request.image)
         # No await between looking and taking: one server, one launch.
         server = pool.ready.popleft() if pool is not None and pool.ready else None
+        announced = False
+        if (
+            pool is not None
+            and server is None
+            and self.wait_for_refill
+            and pool.healthy
+            and self._pools.get(pool.image) is pool
+        ):
+            yield event(Phase.LAUNCHING, "Launching server...\n")
+            announced = True
+            server = await self._wait_for_server(pool)
         if pool is not None and server is None:
             self._missed(pool, PoolMiss.EMPTY)
         if server is not None and pool is not None:
@@ -304,11 +377,12 @@ class WarmPoolLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
                 self.log.info(
                     "handed out pooled server %s of %s in %.3fs", server.user, server.image, elapsed
                 )
-                try:
-                    yield event(Phase.LAUNCHING, "Launching server...\n")
-                except GeneratorExit:
-                    self._discard(server)
-                    raise
+                if not announced:
+                    try:
+                        yield event(Phase.LAUNCHING, "Launching server...\n")
+                    except GeneratorExit:
+                        self._discard(server)
+                        raise
                 yield result
                 return
         async with contextlib.aclosing(self.inner.launch(request)) as items:
@@ -317,6 +391,42 @@ class WarmPoolLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
                     # Launched fine: the image is there (again).
                     self._removed.discard(request.image)
                 yield item
+
+    async def _wait_for_server(self, pool: _Pool) -> PooledServer | None:
+        """Wait in line for the pool's next server: None to launch cold."""
+        waiter: asyncio.Future[PooledServer | None] = asyncio.get_running_loop().create_future()
+        pool.waiters.append(waiter)
+        self._wake.set()  # start a server for this launch
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self.wait_timeout):
+                server = await waiter
+        except TimeoutError:
+            server = None
+        except BaseException:
+            # The client left. A server given to it in the meantime goes back.
+            if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
+                given = waiter.result()
+                assert given is not None
+                self._give_back(pool, given)
+            waiter.cancel()
+            with contextlib.suppress(ValueError):
+                pool.waiters.remove(waiter)
+            raise
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+        if server is None and waiter.done() and not waiter.cancelled():
+            server = waiter.result()  # handed to it just as the wait timed out
+        with contextlib.suppress(ValueError):
+            pool.waiters.remove(waiter)
+        self.log.info(
+            "launch of %s waited %.2fs for a pooled server: %s",
+            pool.image,
+            time.monotonic() - started,
+            server.user if server is not None else "none, launching cold",
+        )
+        return server
 
     async def check(self) -> dict[str, Any]:
         return await self.inner.check()
@@ -434,7 +544,9 @@ class WarmPoolLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
             except BinderBuildError as exc:
                 self.log.warning("warm pool: cannot resolve %s: %s", spec, exc.message)
             except Exception as exc:
-                self.log.warning("warm pool: cannot resolve %s: %s: %s", spec, type(exc).__name__, exc)
+                self.log.warning(
+                    "warm pool: cannot resolve %s: %s: %s", spec, type(exc).__name__, exc
+                )
 
     def _wanted(self) -> dict[str, LaunchRequest]:
         wanted: dict[str, LaunchRequest] = {}
@@ -452,9 +564,7 @@ class WarmPoolLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
                 counts[request.image] += 1
                 latest[request.image] = request
             popular = [
-                image
-                for image, n in counts.most_common()
-                if n >= self.popular_min_launches
+                image for image, n in counts.most_common() if n >= self.popular_min_launches
             ][: self.popular_images]
             for image in popular:
                 wanted.setdefault(image, latest[image])
@@ -478,10 +588,24 @@ class WarmPoolLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
         for pool in self._pools.values():
             while pool.ready and now - pool.ready[0].ready_at > self.max_idle_age:
                 server = pool.ready.popleft()
-                self.log.info("pooled server %s of %s is too old: replacing it", server.user, pool.image)
+                self.log.info(
+                    "pooled server %s of %s is too old: replacing it", server.user, pool.image
+                )
                 self._discard(server)
+        starting = sum(p.starting for p in self._pools.values())
+        # Launches waiting first: one start in flight per waiting launch.
+        for pool in self._pools.values():
+            if pool.waiters and not pool.healthy:
+                pool.release_waiters()
+            while starting < self.concurrent_starts and pool.starting < pool.waiting():
+                self._start_one(pool)
+                starting += 1
+        for pool in self._pools.values():
+            # Served everyone waiting and more: keep pool_size.
+            while len(pool.ready) > self.pool_size and not pool.waiters:
+                self._discard(pool.ready.pop())
         total = sum(p.size for p in self._pools.values())
-        while total < self.total_cap:
+        while total < self.total_cap and starting < self.concurrent_starts:
             candidates = [
                 p
                 for p in self._pools.values()
@@ -494,6 +618,7 @@ class WarmPoolLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
             pool = min(candidates, key=lambda p: p.size)
             self._start_one(pool)
             total += 1
+            starting += 1
 
     def _start_one(self, pool: _Pool) -> None:
         pool.starting += 1
@@ -508,12 +633,15 @@ class WarmPoolLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
             # Not a failure: the deployment is full. Look again later.
             pool.quota_full = True
             pool.retry_at = self.clock() + self.backoff_initial
+            pool.release_waiters()
             self.log.info("warm pool of %s waits: %s", pool.image, exc.message)
             return
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            message = exc.message if isinstance(exc, BinderBuildError) else f"{type(exc).__name__}: {exc}"
+            message = (
+                exc.message if isinstance(exc, BinderBuildError) else f"{type(exc).__name__}: {exc}"
+            )
             pool.failures += 1
             pool.consecutive_failures += 1
             pool.proven = False
@@ -523,6 +651,7 @@ class WarmPoolLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
             )
             pool.retry_at = self.clock() + delay
             pool.last_error = message
+            pool.release_waiters()
             if self.metrics is not None:
                 self.metrics.pool_start_failed()
             self.log.warning(
@@ -542,7 +671,8 @@ class WarmPoolLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
         if self._closed or self._pools.get(pool.image) is not pool or pool.generation != generation:
             self._discard(server)  # drained while it started
             return
-        pool.ready.append(server)
+        if not pool.serve(server):
+            pool.ready.append(server)
 
     async def _touch(self) -> None:
         now = self.clock()
@@ -559,12 +689,14 @@ class WarmPoolLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
 
     def _drain(self, pool: _Pool) -> None:
         pool.generation += 1
+        pool.release_waiters()
         while pool.ready:
             self._discard(pool.ready.popleft())
 
     def _give_back(self, pool: _Pool, server: PooledServer) -> None:
         if not self._closed and self._pools.get(pool.image) is pool:
-            pool.ready.appendleft(server)
+            if not pool.serve(server):
+                pool.ready.appendleft(server)
         else:
             self._discard(server)
 

@@ -8,6 +8,7 @@ import logging
 from asyncio import Future
 from collections.abc import AsyncIterator
 
+from tornado.httputil import HTTPHeaders
 from tornado.iostream import StreamClosedError
 
 from binderbuild.errors import BinderBuildError, error_status
@@ -60,6 +61,20 @@ class _Keepalives:
 
 _keepalives: dict[tuple[asyncio.AbstractEventLoop, float], _Keepalives] = {}
 
+class _SentHeaders(HTTPHeaders):
+    """The response headers of every stream once they are written (Tornado
+    reads a handler's headers only until then). Stays empty: a header set
+    after the first write would not reach the client anyway."""
+
+    def add(self, name: str, value: str, *args: object, **kwargs: object) -> None:
+        pass
+
+    def __setitem__(self, name: str, value: str) -> None:
+        pass
+
+
+_SENT = _SentHeaders()
+
 
 def _keepalives_for(interval: float) -> _Keepalives:
     loop = asyncio.get_running_loop()
@@ -80,6 +95,12 @@ class EventStreamHandler(BaseHandler):
     (``_Keepalives``). A client that disconnects cancels exactly this
     handler's wait (the iterator's generators close, so the build it
     follows loses a follower at once), never the shared build behind it.
+
+    What an open stream holds is kept small (10,000 streams following one
+    build, docs/benchmarks.md): events without ids are walked as they come
+    (no wrapper generator adding ids), and the response headers, written
+    once, are dropped after the first write instead of living as long as
+    the stream.
     """
 
     _last_write = 0.0
@@ -91,7 +112,11 @@ class EventStreamHandler(BaseHandler):
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")  # nginx: do not buffer the stream
 
-    async def stream(self, events: AsyncIterator[tuple[int | None, ProgressEvent]]) -> None:
+    async def stream(
+        self,
+        events: AsyncIterator[tuple[int | None, ProgressEvent]] | AsyncIterator[ProgressEvent],
+    ) -> None:
+        """Write ``events``: ``(id, event)`` pairs, or events without ids."""
         keepalives = _keepalives_for(self.ctx.settings.keepalive_interval)
         self._task = asyncio.current_task()
         self._last_write = keepalives.loop.time()
@@ -100,9 +125,13 @@ class EventStreamHandler(BaseHandler):
         try:
             final = False
             try:
-                async for event_id, ev in events:
+                async for item in events:
                     if final:
                         continue  # nothing follows a final event on the wire
+                    if isinstance(item, ProgressEvent):
+                        ev, event_id = item, None
+                    else:
+                        event_id, ev = item
                     await self._send(encode_sse(ev, event_id))
                     final = ev.phase.is_final
                     # Keep walking after the final event: the iterator (the
@@ -132,7 +161,11 @@ class EventStreamHandler(BaseHandler):
     async def _send(self, data: bytes) -> None:
         self.write(data)
         self._last_write = self._keepalive_loop_time()
-        await self.flush()
+        flushed = self.flush()
+        if self._headers is not _SENT:
+            # Written with this first flush; nothing reads them again.
+            self._headers = _SENT
+        await flushed
 
     def _keepalive_loop_time(self) -> float:
         return asyncio.get_running_loop().time()
@@ -212,12 +245,5 @@ class BuildHandler(EventStreamHandler):
         target = self.ctx.pipeline.validate(request)
         await self.ctx.admit(self, request)
         self.start_stream()
-        await self.stream(_unnumbered(self.ctx.pipeline.run(target)))
-
-
-async def _unnumbered(
-    events: AsyncIterator[ProgressEvent],
-) -> AsyncIterator[tuple[int | None, ProgressEvent]]:
-    # The Binder protocol's /build stream carries no event ids.
-    async for ev in events:
-        yield None, ev
+        # The Binder protocol's /build stream carries no event ids.
+        await self.stream(self.ctx.pipeline.run(target))

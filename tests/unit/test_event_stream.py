@@ -34,13 +34,17 @@ class Source:
         self.changed = asyncio.Event()
 
     async def follow(self) -> AsyncIterator[tuple[int | None, ProgressEvent]]:
+        async for ev in self.follow_plain():
+            yield None, ev
+
+    async def follow_plain(self) -> AsyncIterator[ProgressEvent]:
         self.followers += 1
         try:
             index = 0
             while True:
                 while index < len(self.events):
                     ev = self.events[index]
-                    yield None, ev
+                    yield ev
                     index += 1
                     if ev.phase.is_final:
                         return
@@ -55,9 +59,17 @@ class Handler(EventStreamHandler):
         await self.stream(self.settings["source"].follow())
 
 
-async def serve(source: Source, keepalive: float) -> tuple[tornado.httpserver.HTTPServer, int]:
+class PlainHandler(EventStreamHandler):
+    async def get(self) -> None:
+        self.start_stream()
+        await self.stream(self.settings["source"].follow_plain())
+
+
+async def serve(
+    source: Source, keepalive: float, handler: type[EventStreamHandler] = Handler
+) -> tuple[tornado.httpserver.HTTPServer, int]:
     ctx = SimpleNamespace(settings=SimpleNamespace(keepalive_interval=keepalive))
-    app = tornado.web.Application([(r"/events", Handler)], binderbuild=ctx, source=source)
+    app = tornado.web.Application([(r"/events", handler)], binderbuild=ctx, source=source)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(1024)
@@ -120,6 +132,33 @@ def test_a_client_leaving_closes_its_iterator_at_once() -> None:
         body = (await asyncio.wait_for(stay_reader.read(), 5)).decode()
         assert '"phase": "ready"' in body
         stay_writer.close()
+        server.stop()
+
+    run(main())
+
+
+def test_events_without_ids_need_no_wrapper_and_headers_are_not_kept() -> None:
+    async def main() -> None:
+        source = Source()
+        server, port = await serve(source, keepalive=0.2, handler=PlainHandler)
+        loop: Any = asyncio.get_running_loop()
+        before = len(loop._asyncgens)
+        clients = [await open_stream(port) for _ in range(10)]
+        await until(lambda: source.followers == 10)
+        source.add(event(Phase.BUILDING, "step\n"))
+        await asyncio.sleep(0.5)
+        # One generator per stream: the source's own (as /build streams walk
+        # the pipeline's events without a generator adding ids).
+        assert len(loop._asyncgens) - before == 10, len(loop._asyncgens) - before
+        source.add(event(Phase.READY, "done\n"))
+        for reader, writer in clients:
+            head, _, body = (await asyncio.wait_for(reader.read(), 5)).decode().partition("\r\n\r\n")
+            # The headers still reach the client (they are dropped only once written).
+            assert "Content-Type: text/event-stream" in head
+            assert "Cache-Control: no-cache" in head
+            assert "step" in body and '"phase": "ready"' in body and ":keepalive" in body
+            assert "id:" not in body
+            writer.close()
         server.stop()
 
     run(main())

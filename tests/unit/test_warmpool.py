@@ -5,6 +5,7 @@ The same behaviour against the real hub is in tests/hub/test_warmpool.py."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import replace
@@ -84,7 +85,10 @@ class FakeBackend(Launcher):
             raise HubError("Could not start the server: the server exited with status 3")
         user = f"pool-{next(self.names)}"
         server = PooledServer(
-            user=user, url=f"https://hub/user/{user}/", image=request.image, repo_url=request.ref.repo_url
+            user=user,
+            url=f"https://hub/user/{user}/",
+            image=request.image,
+            repo_url=request.ref.repo_url,
         )
         self.started.append(server)
         return server
@@ -154,6 +158,7 @@ def test_hand_out_is_warm_and_refills_and_concurrent_launches_differ() -> None:
         req = request_for("img-a:1")
         pool = pool_with(backend, {"git/a": req}, pool_size=2)
         await pool.wait_until_ready("img-a:1", 2, timeout=5)
+        pool.wait_for_refill = False
         results = await asyncio.gather(*(take(pool, req) for _ in range(3)))
         assert len({r.user for r in results}) == 3
         assert [r.warm for r in results].count(True) == 2
@@ -161,6 +166,104 @@ def test_hand_out_is_warm_and_refills_and_concurrent_launches_differ() -> None:
         await pool.wait_until_ready("img-a:1", 2, timeout=5)
         stats = pool.stats()[0]
         assert (stats.hits, stats.misses) == (2, 1)
+        await pool.close()
+
+    run(main)
+
+
+def test_a_burst_waits_for_refills_in_order_within_the_start_cap() -> None:
+    async def main() -> None:
+        backend = FakeBackend()
+        backend.start_delay = 0.1
+        req = request_for("img-a:1")
+        pool = pool_with(backend, {"git/a": req}, pool_size=2, concurrent_starts=3)
+        await pool.wait_until_ready("img-a:1", 2, timeout=5)
+        filled = len(backend.started)
+        in_flight: list[int] = []
+        real_start = backend.start_pooled
+
+        async def counted(request: LaunchRequest) -> PooledServer:
+            in_flight.append(sum(p.starting for p in pool._pools.values()))
+            return await real_start(request)
+
+        backend.start_pooled = counted  # type: ignore[method-assign]
+        order: list[int] = []
+
+        async def launch(i: int) -> LaunchResult:
+            await asyncio.sleep(0.001 * i)  # arrive in order
+            result = await take(pool, req)
+            order.append(i)
+            return result
+
+        results = await asyncio.gather(*(launch(i) for i in range(8)))
+        # Nobody went cold: the 6 beyond the pool were served by starts made
+        # for them, never more than concurrent_starts at once, oldest first.
+        assert backend.cold == []
+        assert all(r.warm for r in results)
+        assert len({r.user for r in results}) == 8
+        assert max(in_flight) <= 3, in_flight
+        assert order[:2] == [0, 1] and sorted(order[2:]) == order[2:], order
+        # Then the pool is refilled to its size, no more.
+        await pool.wait_until_ready("img-a:1", 2, timeout=5)
+        await asyncio.sleep(0.3)
+        assert pool.stats()[0].ready == 2
+        assert len(backend.started) == filled + 6 + 2
+        await pool.close()
+
+    run(main)
+
+
+def test_waiting_launches_go_cold_when_starts_fail_or_time_out() -> None:
+    async def main() -> None:
+        backend = FakeBackend()
+        backend.start_delay = 0.2
+        req = request_for("img-a:1")
+        pool = pool_with(backend, {"git/a": req}, pool_size=1, backoff_initial=5)
+        await pool.wait_until_ready("img-a:1", 1, timeout=5)
+        # The image breaks: the start made for the waiting launch fails, and
+        # the launch is cold at once (not after wait_timeout).
+        await take(pool, req)
+        backend.broken.add("img-a:1")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        result = await take(pool, req)
+        assert not result.warm and len(backend.cold) == 1
+        assert loop.time() - started < 2
+        # Backing off: launches do not wait at all.
+        result = await take(pool, req)
+        assert not result.warm and len(backend.cold) == 2
+        await pool.close()
+
+        backend = FakeBackend()
+        backend.start_delay = 0.5
+        pool = pool_with(backend, {"git/a": req}, pool_size=1, wait_timeout=0.1)
+        await pool.wait_until_ready("img-a:1", 1, timeout=5)
+        await take(pool, req)
+        result = await take(pool, req)  # its start takes longer than the wait
+        assert not result.warm and len(backend.cold) == 1
+        # The server started for it is not lost: it fills the pool.
+        await pool.wait_until_ready("img-a:1", 1, timeout=5)
+        await pool.close()
+
+    run(main)
+
+
+def test_a_waiting_launch_that_leaves_gives_its_server_to_the_next() -> None:
+    async def main() -> None:
+        backend = FakeBackend()
+        backend.start_delay = 0.2
+        req = request_for("img-a:1")
+        pool = pool_with(backend, {"git/a": req}, pool_size=1, concurrent_starts=1)
+        await pool.wait_until_ready("img-a:1", 1, timeout=5)
+        await take(pool, req)
+        leaving = asyncio.ensure_future(take(pool, req))
+        await asyncio.sleep(0.05)
+        staying = asyncio.ensure_future(take(pool, req))
+        await asyncio.sleep(0.01)
+        leaving.cancel()
+        result = await staying
+        assert result.warm and backend.cold == []
+        assert pool._pools["img-a:1"].waiters == collections.deque()
         await pool.close()
 
     run(main)
@@ -265,7 +368,11 @@ def test_pooled_servers_are_touched_and_aged_out() -> None:
     async def main() -> None:
         backend = FakeBackend()
         pool = pool_with(
-            backend, {"git/a": request_for("img-a:1")}, pool_size=1, activity_interval=0.05, max_idle_age=0.3
+            backend,
+            {"git/a": request_for("img-a:1")},
+            pool_size=1,
+            activity_interval=0.05,
+            max_idle_age=0.3,
         )
         await pool.wait_until_ready("img-a:1", 1, timeout=5)
         (first,) = pool.pooled("img-a:1")
