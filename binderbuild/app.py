@@ -62,7 +62,20 @@ class DockerRegistry(LoggingConfigurable):
     password = Unicode("", config=True, help="Registry password or token.").tag(
         env="BINDERBUILD_REGISTRY_PASSWORD"
     )
-    timeout = Float(10.0, config=True, help="Seconds before a registry request is an error.")
+    timeout = Float(
+        10.0,
+        config=True,
+        help="Seconds one registry request may take (cut to the time left of its operation, "
+        "see unresponsive_timeout).",
+    )
+    unresponsive_timeout = Float(
+        30.0,
+        config=True,
+        help="Seconds one registry operation may take in all (an image check with its token "
+        "fetch and retries; a request that timed out is tried again within it, a refused "
+        "one is not), and seconds a registry may stay silent while a build pushes before "
+        "the push is stopped and the build fails.",
+    )
 
     @default("url")
     def _url_default(self) -> str:

@@ -22,7 +22,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -172,6 +172,7 @@ class BuildManager:
         max_line_bytes: int = 64 * 1024,
         keep_finished: int = 500,
         abandoned_grace: float = 0.0,
+        push_watch: Callable[[], Awaitable[BinderBuildError]] | None = None,
         on_queued: Sequence[BuildHook] = (),
         on_started: Sequence[BuildHook] = (),
         on_finished: Sequence[BuildHook] = (),
@@ -182,7 +183,10 @@ class BuildManager:
         ``on_queued`` with a new build that has to wait for a slot, before
         ``submit`` returns (the history's write-ahead: a build lost with the
         process while it waited is still on record). A hook that raises is
-        logged and the others still run. ``clock``
+        logged and the others still run. ``push_watch`` runs while a build
+        pushes (from its first ``pushing`` event) and returns an error when
+        the registry stops answering (``RegistryClient.wait_unresponsive``):
+        the build is then stopped and fails with it. ``clock``
         drives the abandoned-build policy (default: the running loop's)."""
         self.builder = builder
         self.concurrency = max(1, concurrency)
@@ -196,6 +200,7 @@ class BuildManager:
         self._by_id: OrderedDict[str, Build] = OrderedDict()
         self._queue: list[Build] = []
         self._running = 0
+        self.push_watch = push_watch
         self.on_queued: tuple[BuildHook, ...] = tuple(on_queued)
         self.on_started: tuple[BuildHook, ...] = tuple(on_started)
         self.on_finished: tuple[BuildHook, ...] = tuple(on_finished)
@@ -381,6 +386,8 @@ class BuildManager:
         hard_deadline = loop.time() + self.build_timeout
         state: BuildState = BuildState.SUCCEEDED
         error: BinderBuildError | None = None
+        watch: asyncio.Task[None] | None = None
+        stalled: list[BinderBuildError] = []  # set by the push watch before it cancels
         try:
             # timeout_at: the deadline is absolute loop time (timeout() takes a delay).
             async with asyncio.timeout_at(
@@ -388,6 +395,10 @@ class BuildManager:
             ) as cm:
                 async for ev in self.builder.build(job):
                     self._record(build, ev)
+                    if ev.phase is Phase.PUSHING and watch is None and self.push_watch:
+                        watch = asyncio.create_task(
+                            self._watch_push(build, stalled), name=f"push watch {build.id}"
+                        )
                     cm.reschedule(min(hard_deadline, loop.time() + self.idle_timeout))
         except TimeoutError:
             if loop.time() >= hard_deadline - 0.01:
@@ -396,10 +407,15 @@ class BuildManager:
                 why = f"Build produced no output for {self.idle_timeout:g} seconds."
             state, error = BuildState.FAILED, BuildTimeout(why)
         except asyncio.CancelledError:
-            state, error = (
-                BuildState.CANCELLED,
-                BuildCancelled(build.cancel_reason or "Build cancelled."),
-            )
+            if stalled:  # the registry stopped answering during the push
+                if (task := asyncio.current_task()) is not None:
+                    task.uncancel()
+                state, error = BuildState.FAILED, stalled[0]
+            else:
+                state, error = (
+                    BuildState.CANCELLED,
+                    BuildCancelled(build.cancel_reason or "Build cancelled."),
+                )
         except BuildFailed as exc:
             state, error = BuildState.FAILED, exc
         except BinderBuildError as exc:
@@ -408,6 +424,8 @@ class BuildManager:
             logger.exception("build backend crashed")
             state, error = BuildState.FAILED, BuildFailed(f"Internal build error: {exc}")
         finally:
+            if watch is not None:
+                watch.cancel()
             self._running -= 1
             self._release(build)
         if state is BuildState.SUCCEEDED:
@@ -420,6 +438,20 @@ class BuildManager:
         logger.info("build finished: %s %s", job.image.name, state.value)
         self._notify_finished(build)
         self._schedule()
+
+    async def _watch_push(self, build: Build, stalled: list[BinderBuildError]) -> None:
+        """Stop the build when the registry it pushes to stops answering."""
+        assert self.push_watch is not None
+        try:
+            error = await self.push_watch()
+        except Exception:  # a broken watch must not break the build
+            log.exception("the push watch of build %s failed", build.id)
+            return
+        if build.state.finished or build._task is None:
+            return
+        log.warning("stopping build %s of %s: %s", build.id, build.image_name, error)
+        stalled.append(error)
+        build._task.cancel()
 
     def _record(self, build: Build, ev: ProgressEvent) -> None:
         """Keep one event of the build. Log lines (``building``) are bounded

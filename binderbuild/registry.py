@@ -12,16 +12,30 @@ manifests by digest (the registry must allow deletes).
 Rule: only a definite 404 means "missing". Any other answer (401 after auth,
 5xx, timeouts, garbage) raises ``RegistryError``: a registry outage must never
 start a rebuild storm.
+
+One deadline per operation (issue 12): each call of the client (an image
+check with its token fetch and retry after a 401, a health check, a manifest
+read) runs under one deadline, ``unresponsive_timeout`` from its start, and
+every request's own timeout is cut to the time left. A request that timed
+out is tried again while time is left (a fresh connection may get an
+answer); one that failed at once (connection refused: the registry is down)
+is not, so a down registry is reported at once. ``wait_unresponsive`` probes
+the registry while a build pushes: its answer (any status) restarts the
+deadline, its silence for the whole deadline ends the push (a hung registry
+would otherwise keep the engine's push waiting forever).
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import json
 import re
 import time
 from base64 import b64encode
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
 from urllib.parse import quote, urljoin
 
@@ -37,6 +51,11 @@ MANIFEST_TYPES = ", ".join(
         "application/vnd.docker.distribution.manifest.list.v2+json",
     ]
 )
+
+# The deadline (monotonic time) of the registry operation this task is in.
+_DEADLINE: ContextVar[float | None] = ContextVar("registry_deadline", default=None)
+# Where the unresponsive deadline is configured, named in messages.
+UNRESPONSIVE_OPTION = "DockerRegistry.unresponsive_timeout"
 
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 _NEXT_LINK = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
@@ -85,13 +104,36 @@ class RegistryClient(ImageStore):
         username: str = "",
         password: str = "",
         timeout: float = 10.0,
+        unresponsive_timeout: float = 30.0,
     ) -> None:
+        """``timeout`` bounds one request, ``unresponsive_timeout`` one
+        operation (all its requests and retries) and a push's silence."""
         self.http = http
         self.url = url.rstrip("/")
         self.username = username
         self.password = password
         self.timeout = timeout
+        self.unresponsive_timeout = unresponsive_timeout
         self._tokens: dict[str, tuple[str, float]] = {}  # scope -> (token, expiry)
+
+    @contextlib.contextmanager
+    def _operation(self) -> Iterator[None]:
+        """One deadline for the requests made inside (nested operations keep
+        the outer one)."""
+        if _DEADLINE.get() is not None:
+            yield
+            return
+        token = _DEADLINE.set(time.monotonic() + self.unresponsive_timeout)
+        try:
+            yield
+        finally:
+            _DEADLINE.reset(token)
+
+    def _unresponsive(self, what: str) -> RegistryError:
+        return RegistryError(
+            f"The container registry at {self.url} did not answer within "
+            f"{self.unresponsive_timeout:g} seconds ({UNRESPONSIVE_OPTION}) {what}."
+        )
 
     def _basic(self) -> str | None:
         if not self.username:
@@ -103,10 +145,28 @@ class RegistryClient(ImageStore):
         return await self._request("GET", url, headers)
 
     async def _request(self, method: str, url: str, headers: dict[str, str]) -> HttpResponse:
-        try:
-            return await self.http.request(method, url, headers=headers, timeout=self.timeout)
-        except TransportError as exc:
-            raise RegistryError(f"Container registry unreachable: {exc}") from None
+        """One request under the operation's deadline: each attempt's timeout
+        is cut to the time left; an attempt that timed out is made again
+        while time is left, one that failed at once is not."""
+        deadline = _DEADLINE.get()
+        what = f"to {method} {redact_url(url)}"
+        while True:
+            left = self.timeout if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                raise self._unresponsive(what)
+            attempt = min(self.timeout, left)
+            try:
+                return await self.http.request(method, url, headers=headers, timeout=attempt)
+            except TransportError as exc:
+                if not _timed_out(exc):
+                    raise RegistryError(
+                        f"The container registry at {self.url} is unreachable: {exc}"
+                    ) from None
+                if deadline is None:
+                    raise RegistryError(
+                        f"The container registry at {self.url} did not answer within "
+                        f"{attempt:g} seconds {what}."
+                    ) from None
 
     async def _bearer_token(self, challenge: dict[str, str], scope_key: str) -> str:
         cached = self._tokens.get(scope_key)
@@ -116,7 +176,9 @@ class RegistryClient(ImageStore):
         if not realm:
             raise RegistryError("Registry asked for a bearer token but named no realm.")
         query = "&".join(
-            f"{k}={v}" for k, v in (("service", challenge.get("service")), ("scope", scope_key)) if v
+            f"{k}={v}"
+            for k, v in (("service", challenge.get("service")), ("scope", scope_key))
+            if v
         )
         headers: dict[str, str] = {}
         if basic := self._basic():
@@ -145,6 +207,14 @@ class RegistryClient(ImageStore):
     async def _authorized(
         self, method: str, url: str, scope: str, accept: str = ""
     ) -> HttpResponse:
+        """``method url`` with the credentials the registry asks for, under
+        one deadline (the caller's, or ``unresponsive_timeout`` from now)."""
+        with self._operation():
+            return await self._authorized_once(method, url, scope, accept)
+
+    async def _authorized_once(
+        self, method: str, url: str, scope: str, accept: str
+    ) -> HttpResponse:
         headers = {"Accept": accept} if accept else {}
         cached = self._tokens.get(scope)
         if cached and cached[1] > time.monotonic():
@@ -171,7 +241,14 @@ class RegistryClient(ImageStore):
     async def image_digest(self, image: ImageSpec) -> str | None:
         name = repository_path(image.repository)
         url = f"{self.url}/v2/{name}/manifests/{image.tag}"
-        resp = await self._authorized_get(url, f"repository:{name}:pull", MANIFEST_TYPES)
+        try:
+            with self._operation():
+                resp = await self._authorized_get(url, f"repository:{name}:pull", MANIFEST_TYPES)
+        except RegistryError as exc:
+            raise RegistryError(
+                f"{exc.message.rstrip('.')}; not building {image.name} until the registry "
+                "gives a definite answer."
+            ) from None
         if resp.status == 200:
             return resp.header("Docker-Content-Digest") or "present"
         if resp.status == 404:
@@ -272,6 +349,39 @@ class RegistryClient(ImageStore):
         if resp.status != 200:
             raise RegistryError(f"Container registry /v2/ answered {resp.status}.")
         return {"url": self.url, "latency_ms": round((time.monotonic() - started) * 1000, 1)}
+
+    async def wait_unresponsive(self, interval: float = 5.0) -> RegistryError:
+        """Probe the registry (``GET /v2/``; any status is an answer) until it
+        has not answered for ``unresponsive_timeout``, and return the error
+        that says so. Runs while a build pushes (``BuildManager.push_watch``);
+        it is cancelled when the push ends."""
+        interval = min(interval, self.unresponsive_timeout / 4)
+        last_answer = time.monotonic()
+        while True:
+            deadline = last_answer + self.unresponsive_timeout
+            token = _DEADLINE.set(deadline)
+            try:
+                await self._request("GET", f"{self.url}/v2/", {})
+                last_answer = time.monotonic()
+            except RegistryError:
+                pass  # down or silent: the deadline decides
+            finally:
+                _DEADLINE.reset(token)
+            left = last_answer + self.unresponsive_timeout - time.monotonic()
+            if left <= 0:
+                return RegistryError(
+                    f"The container registry at {self.url} did not answer for "
+                    f"{self.unresponsive_timeout:g} seconds ({UNRESPONSIVE_OPTION}) while the "
+                    "image was pushed; the push was stopped. Ask again once the registry "
+                    "answers."
+                )
+            await asyncio.sleep(min(interval, left))
+
+
+def _timed_out(exc: TransportError) -> bool:
+    """Whether a transport failure was a timeout (Tornado: "Timeout while
+    connecting", "Timeout during request"), not a refusal or a reset."""
+    return "timeout" in exc.message.rsplit(": ", 1)[-1].lower()
 
 
 class LocalImageStore(ImageStore):

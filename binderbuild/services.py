@@ -240,6 +240,10 @@ def compose(app: BinderBuild, registry_config: DockerRegistry) -> Services:
         # Write-ahead: a build is in the history while it waits in the queue
         # and before the backend starts it.
         on_queued=[history_write_ahead(history, builds_api.repo_of)],
+        # A registry that stops answering during a push ends the build.
+        push_watch=(
+            image_store.wait_unresponsive if isinstance(image_store, RegistryClient) else None
+        ),
         on_started=[metrics.build_started, history_write_ahead(history, builds_api.repo_of)],
         on_finished=[
             known_images.remember_built,
@@ -453,6 +457,7 @@ def make_image_store(
         registry_config.username,
         registry_config.password,
         registry_config.timeout,
+        registry_config.unresponsive_timeout,
     )
 
 
