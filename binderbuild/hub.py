@@ -32,6 +32,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import hashlib
 import os
 import random
 import re
@@ -74,6 +75,22 @@ def unique_name_from_repo(repo_url: str, max_prefix: int = 32) -> str:
     """``owner-repo-<8 random>`` from a repository URL (BinderHub's scheme),
     lowercase and limited to [a-z0-9-] so it is a valid hub user name, server
     name, container name and DNS label."""
+    return f"{_repo_prefix(repo_url, max_prefix)}-{''.join(random.choices(_SUFFIX_CHARS, k=8))}"
+
+
+def server_name_for_repo(repo_url: str, max_prefix: int = 24) -> str:
+    """``owner-repo-<8 hex>``: the named server of a signed-in user for this
+    repository, the same at every launch, so a launch of a repository the
+    user has a server for resumes that server (docs/persistent-servers.md).
+    The suffix is a digest of the URL (without a trailing ``/`` or ``.git``):
+    two repositories with the same short name get different servers."""
+    key = repo_url.strip().rstrip("/")
+    key = key[:-4] if key.endswith(".git") else key
+    digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+    return f"{_repo_prefix(repo_url, max_prefix)}-{digest}"
+
+
+def _repo_prefix(repo_url: str, max_prefix: int) -> str:
     if "://" not in repo_url and ":" in repo_url and "@" in repo_url:
         path = repo_url.split(":", 1)[1]  # git@host:owner/repo
     else:
@@ -85,7 +102,7 @@ def unique_name_from_repo(repo_url: str, max_prefix: int = 32) -> str:
     if len(prefix) > max_prefix:
         half = (max_prefix - 1) // 2
         prefix = f"{prefix[:half].rstrip('-')}-{prefix[-half:].lstrip('-')}"
-    return f"{prefix}-{''.join(random.choices(_SUFFIX_CHARS, k=8))}"
+    return prefix
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +156,9 @@ class _Traces:
 
     user: bool = False  # a temporary user (anonymous)
     server: bool = False  # a server requested for a real user (authenticated)
+    # The signed-in user's server existed before this launch (stopped or
+    # running): a failure stops it, never deletes it (its storage stays).
+    keep_server: bool = False
     token_id: str = ""  # the launch token of a real user
     # POSTs the hub has not answered yet (it may be frozen): the cleanup
     # waits for them, or a request still queued in the hub's socket would
@@ -352,7 +372,8 @@ class HubLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
             if request.server_name:
                 server_name = request.server_name
             elif s.use_named_servers:
-                server_name = unique_name_from_repo(repo_url, max_prefix=24)
+                # One server per user and repository: launching it again resumes it.
+                server_name = server_name_for_repo(repo_url)
             else:
                 server_name = ""
             user, anonymous = request.user, False
@@ -391,15 +412,42 @@ class HubLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
                     plan.full_name,
                     not_in_repo=frozenset(self._pooled),
                 )
+                existing = "new"
                 if plan.anonymous:
                     await self._create_user(plan, deadline, traces)
                 else:
-                    await self._check_user_servers(plan, deadline)
+                    existing = await self._check_user_servers(plan, request, deadline)
+                    traces.keep_server = existing != "new"
                 token, token_id = await self._create_token(plan, deadline, traces)
                 if not plan.anonymous:
                     # Tokens of temporary users go with the user.
                     traces.token_id = token_id
-                await self._start_server(plan, request, token, deadline, traces)
+                if existing == "running":
+                    # The same repository and image, already running: resume it.
+                    emit(event(Phase.LAUNCHING, "Resuming your running server\n"))
+                    url = urljoin(self.settings.hub_url, self._server_url_path(plan))
+                    reservation.succeeded()
+                    self.log.info("resumed %s for %s", plan.full_name, request.image)
+                    emit(
+                        LaunchResult(
+                            url=url, token=token, user=plan.user, server_name=plan.server_name
+                        )
+                    )
+                    return
+                if existing == "other image":
+                    emit(
+                        event(
+                            Phase.LAUNCHING,
+                            "Restarting your server with the new image (your files stay)\n",
+                        )
+                    )
+                    await self._stop_server(plan, deadline)
+                elif existing == "stopped":
+                    emit(event(Phase.LAUNCHING, "Starting your stopped server again\n"))
+                if existing != "starting":
+                    await self._start_server(plan, request, token, deadline, traces)
+                else:
+                    traces.server = True
 
                 def relay(ev: dict[str, Any]) -> None:
                     message = str(ev.get("message") or "").strip()
@@ -466,22 +514,63 @@ class HubLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
         if resp.status not in (200, 201):
             raise HubError(f"JupyterHub refused to create a user: {hub_reason(resp)}")
 
-    async def _check_user_servers(self, plan: _Plan, deadline: float) -> None:
-        model = await self.hub.get_json(user_path(plan.user), deadline)
-        servers = model.get("servers") or {}
+    async def _check_user_servers(
+        self, plan: _Plan, request: LaunchRequest, deadline: float
+    ) -> str:
+        """What the signed-in user already has for this launch's server:
+        "new" (nothing), "stopped" (kept with its storage), "running" (ready,
+        same image: resumed), "other image" (running an older build: restarted
+        with the new one), "starting" (a spawn is pending: followed). Raises
+        QuotaExceeded when starting one more would pass the servers-per-user
+        limit (servers running or starting; stopped ones do not count)."""
+        model = await self.hub.get_json(
+            user_path(plan.user) + "?include_stopped_servers=1", deadline
+        )
+        servers = {
+            name: server
+            for name, server in (model.get("servers") or {}).items()
+            if isinstance(server, dict)
+        }
+        active = {name for name, server in servers.items() if not server.get("stopped")}
         if plan.server_name == "":
-            if "" in servers:
+            if "" in active:
                 raise QuotaExceeded(
                     f"{plan.user} already has a running server. Stop it before launching another."
                 )
-            return
+            return "new"
+        mine = servers.get(plan.server_name)
+        if mine is not None and plan.server_name in active:
+            if mine.get("pending") == "stop":
+                await self._wait_stopped(plan, deadline)
+                return "stopped"
+            if mine.get("pending"):
+                return "starting"
+            image = (mine.get("user_options") or {}).get("image")
+            return "running" if mine.get("ready") and image == request.image else "other image"
         limit = self.settings.named_server_limit_per_user
-        named = [name for name in servers if name]
+        named = [name for name in active if name]
         if limit > 0 and len(named) >= limit:
             raise QuotaExceeded(
                 f"{plan.user} already has {len(named)} of at most {limit} servers running. "
                 "Stop one before launching another."
             )
+        return "new" if mine is None else "stopped"
+
+    async def _stop_server(self, plan: _Plan, deadline: float) -> None:
+        """Stop (never delete) the user's server and wait until it is stopped."""
+        resp = await self.hub.call(
+            "DELETE", server_path(plan.user, plan.server_name), deadline=deadline
+        )
+        if resp.status not in (202, 204, 404):
+            raise HubError(f"JupyterHub refused to stop {plan.full_name}: {hub_reason(resp)}")
+        await self._wait_stopped(plan, deadline)
+
+    async def _wait_stopped(self, plan: _Plan, deadline: float) -> None:
+        for _ in range(100_000):  # bounded by the deadline of the launch
+            state, _server = await self._server_state(plan, deadline)
+            if state in ("gone", "no user"):
+                return
+            await asyncio.sleep(0.25)
 
     async def _create_token(
         self, plan: _Plan, deadline: float, traces: _Traces
@@ -515,6 +604,8 @@ class HubLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
         options: dict[str, Any] = {"image": request.image}
         if token is not None:
             options["token"] = token
+        if request.profile:
+            options["profile"] = request.profile
         options.update(
             repo_url=request.ref.repo_url,
             binder_ref_url=request.ref.ref_url,
@@ -840,7 +931,8 @@ class HubLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
             resp = await self.hub.call(
                 "DELETE",
                 server_path(plan.user, plan.server_name),
-                json_body={"remove": True},
+                # A server the user had before this launch keeps its storage.
+                json_body={"remove": not traces.keep_server},
                 deadline=deadline,
                 attempts=1,
             )

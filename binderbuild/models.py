@@ -62,6 +62,9 @@ class LaunchRequest:
     launch_host: str
     user: str | None = None
     server_name: str = ""
+    # A resource profile the user picked (the spawner's profiles, user_options
+    # "profile"; docs/persistent-servers.md). Empty: the default.
+    profile: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,13 +30,28 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
+import shutil
 import socket
+import string
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from tornado import web
-from traitlets import Bool, Callable, Float, Integer, List, Unicode, Union, default, validate
+from traitlets import (
+    Bool,
+    Callable,
+    Dict,
+    Float,
+    Integer,
+    List,
+    Unicode,
+    Union,
+    default,
+    validate,
+)
 from traitlets.config import Configurable
 
 try:  # JupyterHub >= 6: a policy refusal, logged without a traceback
@@ -67,6 +82,36 @@ def spawn_error(message: str, status: int = 500, refusal: bool = False) -> web.H
         exc = web.HTTPError(status, "%s", message)
     exc.jupyterhub_message = message  # type: ignore[attr-defined]  # read by JupyterHub, not declared
     return exc
+
+
+# Limits a profile (or a launch's user_options) may set.
+RESOURCE_LIMITS = ("cpu_limit", "mem_limit", "storage_limit")
+
+
+def _quantity(name: str, value: Any) -> float:
+    """CPUs for cpu_limit, bytes for the others ('512M', '2G', a number)."""
+    if name == "cpu_limit":
+        return float(value)
+    if isinstance(value, bool):
+        raise ValueError(f"not a size: {value!r}")
+    if isinstance(value, int | float):
+        return float(value)
+    from binderbuild.errors import ConfigError
+    from binderbuild.units import parse_bytes
+
+    try:
+        return float(parse_bytes(str(value)))
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _show(name: str, amount: float) -> str:
+    if name == "cpu_limit":
+        return f"{amount:g} CPU"
+    for unit, size in (("G", 1024**3), ("M", 1024**2), ("K", 1024)):
+        if amount >= size:
+            return f"{amount / size:g}{unit}"
+    return f"{amount:g} bytes"
 
 
 class BinderSpawnerMixin(Configurable):
@@ -111,6 +156,33 @@ class BinderSpawnerMixin(Configurable):
         `jupyter server`/`jupyter notebook` rather than jupyterhub-singleuser.""",
     )
 
+    persistent_storage = Bool(
+        False,
+        config=True,
+        help="""With auth_enabled: every server of a signed-in user keeps its home directory
+        in storage of its own that survives stop, start and a rebuild of its image; the
+        repository's files from the image are copied into it without overwriting the
+        user's (docs/persistent-servers.md). Anonymous servers never get storage.""",
+    )
+    storage_limit = Unicode(
+        "",
+        config=True,
+        help="""Size of each server's persistent storage, e.g. '1G' (a profile's
+        storage_limit wins). Writes past it fail with "No space left on device". Empty:
+        no size limit (BinderDockerSpawner: a plain directory instead of a
+        loop-mounted ext4 image).""",
+    )
+    profiles = List(
+        Dict(),
+        config=True,
+        help="""Resource profiles a user may pick at launch (user_options 'profile'):
+        [{'name': 'small', 'display_name': 'Small: 1 CPU, 2 GB', 'cpu_limit': 1,
+        'mem_limit': '2G', 'storage_limit': '1G', 'default': True}, ...]. A launch asking
+        for an unknown profile, or for more cpu_limit / mem_limit / storage_limit than its
+        profile (or, without profiles, than this spawner's own limits) is refused. Empty:
+        no profiles, the spawner's limits apply to every server.""",
+    )
+
     # --- policy --------------------------------------------------------------
 
     def check_binder_image(self, image: Any) -> str:
@@ -140,6 +212,94 @@ class BinderSpawnerMixin(Configurable):
         options = getattr(self, "user_options", None)
         return dict(options) if isinstance(options, dict) else {}
 
+    def _limit_of(self, name: str) -> float:
+        """The spawner's own limit ``name`` in comparable units (bytes, CPUs);
+        0: none."""
+        if self._configured_limits is None:
+            # The operator's values, before any start replaced them.
+            self._configured_limits = {
+                n: getattr(self, n, None) if n != "storage_limit" else self.storage_limit
+                for n in RESOURCE_LIMITS
+            }
+        value = self._configured_limits.get(name)
+        if callable(value) or value in (None, ""):
+            return 0.0
+        return float(_quantity(name, value))
+
+    def resolve_resources(self, options: dict[str, Any]) -> dict[str, float]:
+        """The limits of this start from ``user_options``: ``profile`` picks one
+        of ``profiles`` (the default one, or the spawner's own limits, when
+        absent), and ``cpu_limit`` / ``mem_limit`` / ``storage_limit`` may ask
+        for less than it allows, never more. Raises a spawn refusal otherwise.
+        Returns {"cpu_limit": CPUs, "mem_limit": bytes, "storage_limit": bytes}
+        with only the limits that are set."""
+        wanted = options.get("profile")
+        profiles = [p for p in self.profiles if isinstance(p, dict) and p.get("name")]
+        chosen: dict[str, Any] | None = None
+        if wanted not in (None, ""):
+            if not profiles:
+                raise spawn_error(
+                    f"Profile {wanted!r} refused: this hub offers no profiles.", 400, True
+                )
+            chosen = next((p for p in profiles if p["name"] == wanted), None)
+            if chosen is None:
+                names = ", ".join(str(p["name"]) for p in profiles)
+                raise spawn_error(
+                    f"Profile {wanted!r} does not exist on this hub (profiles: {names}).",
+                    400,
+                    True,
+                )
+        elif profiles:
+            chosen = next((p for p in profiles if p.get("default")), profiles[0])
+        allowed: dict[str, float] = {}
+        for name in RESOURCE_LIMITS:
+            if chosen is not None and chosen.get(name) not in (None, ""):
+                allowed[name] = float(_quantity(name, chosen[name]))
+            else:
+                own = self._limit_of(name)
+                if own:
+                    allowed[name] = own
+        granted = dict(allowed)
+        where = f"profile {chosen['name']!r}" if chosen is not None else "this hub"
+        for name in RESOURCE_LIMITS:
+            asked = options.get(name)
+            if asked in (None, ""):
+                continue
+            try:
+                amount = float(_quantity(name, asked))
+            except ValueError:
+                raise spawn_error(f"Invalid {name} {asked!r}.", 400, True) from None
+            if amount <= 0:
+                raise spawn_error(f"Invalid {name} {asked!r}.", 400, True)
+            if name in allowed and amount > allowed[name]:
+                raise spawn_error(
+                    f"{name} {asked} refused: {where} allows at most {_show(name, allowed[name])}.",
+                    403,
+                    True,
+                )
+            granted[name] = amount
+        return granted
+
+    def apply_resources(self, granted: dict[str, float]) -> None:
+        """Set the granted limits on the spawner (DockerSpawner and KubeSpawner
+        both have cpu_limit and mem_limit; KubeSpawner's storage_capacity sizes
+        the server's volume claim)."""
+        if "cpu_limit" in granted:
+            self.cpu_limit = granted["cpu_limit"]
+        if "mem_limit" in granted:
+            self.mem_limit = int(granted["mem_limit"])
+        self._storage_bytes = int(granted.get("storage_limit", 0))
+        if self._storage_bytes and hasattr(self, "storage_capacity"):
+            self.storage_capacity = str(self._storage_bytes)
+
+    _storage_bytes: int = 0
+    _configured_limits: dict[str, Any] | None = None
+
+    @property
+    def persistent(self) -> bool:
+        """Whether this server keeps its files (signed-in users only)."""
+        return bool(self.auth_enabled and self.persistent_storage)
+
     # --- spawner hooks -----------------------------------------------------------
 
     async def start(self) -> Any:
@@ -160,6 +320,7 @@ class BinderSpawnerMixin(Configurable):
                 raise spawn_error("A Binder launch needs an image in user_options.", 400, True)
         if options.get("image"):
             self.image = self.check_binder_image(options["image"])
+        self.apply_resources(self.resolve_resources(options))
         self._forget_persisted_token(options)
         result = super().start()  # type: ignore[misc]  # the spawner mixed in after this defines start()
         if inspect.isawaitable(result):
@@ -240,6 +401,19 @@ try:
     from jupyterhub.traitlets import ByteSpecification
 except ImportError:  # pragma: no cover - the hub extra is not installed
     DockerSpawner = None
+
+
+_KEY_SAFE = set(string.ascii_lowercase + string.digits + "-")
+
+
+def storage_key(user: str, server: str) -> str:
+    """``user.server`` (or ``user`` for a default server), each escaped to
+    [a-z0-9-] with ``_XX`` escapes: "." never appears in an escaped name, so
+    no two servers share a key."""
+    import escapism  # type: ignore[import-untyped]  # no stubs; dockerspawner's dependency
+
+    parts = [user, server] if server else [user]
+    return ".".join(escapism.escape(p, safe=_KEY_SAFE, escape_char="_") for p in parts)
 
 
 # Host paths that are, or contain, the Docker (or containerd) socket: a server
@@ -434,6 +608,25 @@ if DockerSpawner is not None:
         registry_password = Unicode(
             "", config=True, help="Password for pulling server images (registry_username)."
         )
+        storage_dir = Unicode(
+            "/var/lib/binderbuild/storage",
+            config=True,
+            help="""Host directory of the servers' persistent storage (persistent_storage):
+            one directory per server, or with storage_limit one ext4 image file per server,
+            loop-mounted there while the server runs (the hub must run as root).""",
+        )
+        storage_mount_path = Unicode(
+            "",
+            config=True,
+            help="""Where a server's persistent storage is mounted in its container. Empty:
+            the image's HOME (repo2docker images: /home/jovyan, where the repository is).""",
+        )
+        storage_seed_timeout = Float(
+            120.0,
+            config=True,
+            help="""Seconds the copy of the image's home directory into a server's storage
+            (first start, and each start with a new image) may take.""",
+        )
 
         @validate("run_as_uid")
         def _validate_uid(self, proposal: Any) -> int:
@@ -492,6 +685,15 @@ if DockerSpawner is not None:
             # Every call to the engine goes through here: the one place where
             # a container's definition is final, whatever DockerSpawner, its
             # extra_create_kwargs / extra_host_config or the image asked for.
+            if (
+                method == "create_container"
+                and self._storage_bind
+                and kwargs.get("name") == self.container_name
+            ):
+                # The server's container (the storage seeding one has no name).
+                host = dict(kwargs.get("host_config") or {})
+                host["Binds"] = [*(host.get("Binds") or []), self._storage_bind]
+                kwargs["host_config"] = host
             if method == "create_container":
                 kwargs = harden_container(
                     kwargs,
@@ -559,6 +761,13 @@ if DockerSpawner is not None:
                 self.ip = self.host_network_ip
                 self.port = free_loopback_port(self.host_network_ip)
             image = self._binder_options().get("image") or self.image
+            self._storage_bind = ""
+            if self.persistent:
+                # The mixin's start() checks and applies these again; the
+                # storage needs its size, and the seeding the image, first.
+                self.apply_resources(self.resolve_resources(self._binder_options()))
+                await self.pull_image(self.check_binder_image(image))
+                self._storage_bind = await self._prepare_storage(image)
             self._progress(10, f"Starting a container from {image}")
             ip, port = await super().start()
             if self.wait_for_port:
@@ -619,6 +828,152 @@ if DockerSpawner is not None:
                 message += f". Last output:\n{tail}"
             raise spawn_error(message)
 
+        # --- persistent storage (docs/persistent-servers.md) -----------------------
+
+        _storage_bind: str = ""
+
+        @property
+        def storage_key(self) -> str:
+            """The file-system name of this server's storage (one per named server)."""
+            return storage_key(self.user.name, self.name or "")
+
+        @property
+        def storage_root(self) -> Path:
+            return Path(self.storage_dir) / self.storage_key
+
+        @property
+        def storage_image(self) -> Path:
+            return Path(self.storage_dir) / f"{self.storage_key}.ext4"
+
+        async def _run(self, *argv: str) -> None:
+            """Run a host command (mkfs.ext4, mount); raise a spawn error on failure."""
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT,
+                )
+            except OSError as exc:
+                raise spawn_error(f"Could not prepare the server's storage: {exc}") from None
+            out, _ = await proc.communicate()
+            if proc.returncode != 0:
+                text = out.decode("utf-8", "replace").strip()
+                raise spawn_error(
+                    f"Could not prepare the server's storage ({argv[0]} exited with "
+                    f"{proc.returncode}): {text}"
+                )
+
+        async def _prepare_storage(self, image: str) -> str:
+            """Make (first start), mount (size-limited) and seed this server's
+            storage; returns the bind of its home directory into the container."""
+            root = self.storage_root
+            size = self._storage_bytes
+            if size:
+                await self._mount_image(root, size)
+            else:
+                root.mkdir(parents=True, exist_ok=True)
+                os.chmod(root, 0o700)
+            home = root / "home"
+            if not home.exists():
+                home.mkdir()
+                os.chown(home, self.run_as_uid, self.run_as_gid)
+            target = self.storage_mount_path or await self._image_home(image)
+            await self._seed(image, home, target, root / "seeded-image")
+            return f"{home}:{target}:rw"
+
+        async def _mount_image(self, root: Path, size: int) -> None:
+            path = self.storage_image
+            root.mkdir(parents=True, exist_ok=True)
+            if os.path.ismount(root):
+                return  # still mounted (a hub restart while the server ran)
+            if not path.exists():
+                self._progress(5, f"Making {_show('storage_limit', size)} of storage")
+                with open(path, "wb") as f:
+                    f.truncate(size)
+                os.chmod(path, 0o600)
+                # No reserved blocks: the user gets the whole size.
+                await self._run("mkfs.ext4", "-q", "-F", "-m", "0", str(path))
+            elif path.stat().st_size < size:
+                # A larger limit (operator, profile): grow, never shrink.
+                await self._run("e2fsck", "-f", "-p", str(path))
+                with open(path, "r+b") as f:
+                    f.truncate(size)
+                await self._run("resize2fs", str(path))
+            await self._run("mount", "-o", "loop,nosuid,nodev", str(path), str(root))
+            os.chmod(root, 0o700)
+
+        async def _unmount_storage(self) -> None:
+            root = self.storage_root
+            if not self.storage_image.exists() or not os.path.ismount(root):
+                return
+            try:
+                await self._run("umount", str(root))
+            except web.HTTPError as exc:
+                self.log.warning("could not unmount the storage of %s: %s", self.storage_key, exc)
+
+        async def _image_home(self, image: str) -> str:
+            info = await self.docker("inspect_image", image)
+            for item in info.get("Config", {}).get("Env") or []:
+                name, _, value = str(item).partition("=")
+                if name == "HOME" and value.startswith("/") and value != "/":
+                    return value
+            return "/home/jovyan"
+
+        async def _seed(self, image: str, home: Path, target: str, marker: Path) -> None:
+            """Copy the image's ``target`` directory (the repository) into the
+            storage, never overwriting a file that is there: on the first start
+            and whenever the image changed since the last copy."""
+            if marker.exists() and marker.read_text().strip() == image:
+                return
+            self._progress(8, "Copying the repository's files into your storage")
+            mount = "/binder-storage"
+            host_config = self.client.create_host_config(
+                binds=[f"{home}:{mount}:rw"],
+                network_mode="none",
+                mem_limit=512 * 1024**2,
+            )
+            container = await self.docker(
+                "create_container",
+                image=image,
+                entrypoint=["cp"],
+                command=["-rnP", "--preserve=mode,timestamps,links", f"{target}/.", f"{mount}/"],
+                host_config=host_config,
+                network_disabled=True,
+                labels={"binderbuild.storage-seed": self.storage_key},
+            )
+            cid = container["Id"]
+            try:
+                await self.docker("start", cid)
+                try:
+                    result = await asyncio.wait_for(
+                        self.docker("wait", cid), self.storage_seed_timeout
+                    )
+                except TimeoutError:
+                    raise spawn_error(
+                        f"Copying the repository into the server's storage took more than "
+                        f"{self.storage_seed_timeout:g} seconds."
+                    ) from None
+                code = int(result.get("StatusCode", -1))
+                if code != 0:
+                    raw = await self.docker("logs", cid, tail=self.exit_log_lines)
+                    tail = raw.decode("utf-8", "replace").strip()
+                    raise spawn_error(
+                        f"Copying the repository into the server's storage failed "
+                        f"(status {code}): {tail}"
+                    )
+            finally:
+                try:
+                    await self.docker("remove_container", cid, force=True)
+                except docker.errors.APIError as exc:
+                    self.log.warning("could not remove seeding container %s: %s", cid, exc)
+            marker.write_text(image + "\n")
+
+        async def stop(self, now: bool = False) -> None:
+            await super().stop(now=now)
+            if self.persistent:
+                await self._unmount_storage()
+
         async def delete_forever(self) -> None:
             # Called when the hub deletes the user or the named server. A hub
             # that crashed while a server was starting never recorded the
@@ -632,3 +987,12 @@ if DockerSpawner is not None:
             parent = super().delete_forever()
             if inspect.isawaitable(parent):
                 await parent
+            if self.persistent_storage and (
+                self.storage_root.exists() or self.storage_image.exists()
+            ):
+                # The user deleted the server (not the culler: it only stops):
+                # its files go with it.
+                await self._unmount_storage()
+                await asyncio.to_thread(shutil.rmtree, self.storage_root, True)
+                self.storage_image.unlink(missing_ok=True)
+                self.log.info("deleted the storage of %s", self.storage_key)
