@@ -29,6 +29,7 @@ simulate "the disk is 90 % full" with an injected reading.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import enum
@@ -1166,3 +1167,80 @@ async def _every(interval: float, job: Callable[[], Awaitable[Any]], what: str) 
         except Exception as exc:
             # A registry or engine hiccup skips one pass, never the loop.
             log.error("%s failed: %s", what, exc)
+
+
+# --- the node cleaner (Kubernetes: next to each builder daemon) ---------------------------
+
+
+class _NoUsage:
+    """A build node knows no launches: images go oldest built first."""
+
+    async def last_used(self) -> dict[str, float]:
+        return {}
+
+
+async def run_node_cleaner(cleaner: EngineImageCleaner, once: bool) -> None:
+    """Check now, then every ``interval`` (unless ``once``)."""
+    while True:
+        try:
+            await cleaner.run_once()
+        except Exception as exc:
+            log.error("engine image cleanup failed: %s", exc)
+        if once:
+            return
+        await asyncio.sleep(max(cleaner.interval, 1.0))
+
+
+def node_cleaner_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m binderbuild.lifecycle``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m binderbuild.lifecycle",
+        description="Remove built images from a Docker engine whose disk fills up "
+        "(least recently built first, never an image a container uses).",
+    )
+    parser.add_argument("--docker-host", required=True, help="the engine, e.g. unix:///...sock")
+    parser.add_argument("--image-prefix", required=True, help="only images under it go")
+    parser.add_argument("--high-water-percent", type=float, default=80.0)
+    parser.add_argument("--low-water-percent", type=float, default=60.0)
+    parser.add_argument("--budget", default="", help="byte budget instead of the filesystem")
+    parser.add_argument("--interval", type=float, default=300.0)
+    parser.add_argument("--grace-period", type=float, default=3600.0)
+    parser.add_argument("--once", action="store_true", help="one check, then exit")
+    parser.add_argument(
+        "--no-prune", action="store_true", help="never prune dangling images nor the build cache"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m binderbuild.lifecycle --docker-host unix:///... --image-prefix ...``:
+    the engine image cleaner on its own, for a build node's Docker engine
+    (the chart runs it in the builder DaemonSet)."""
+    import docker
+
+    from binderbuild.logging_setup import configure_logging
+
+    parser = node_cleaner_parser()
+    args = parser.parse_args(argv)
+    configure_logging(logging.INFO, "text")
+    if args.budget:
+        parse_bytes(args.budget)  # a bad size stops here, not at the first check
+    client = docker.DockerClient(base_url=args.docker_host)
+    cleaner = EngineImageCleaner(
+        DockerEngine(client),
+        image_prefix=args.image_prefix,
+        usage=_NoUsage(),
+        in_use_names=lambda: (),
+        high_water_percent=args.high_water_percent,
+        low_water_percent=args.low_water_percent,
+        budget=args.budget,
+        interval=args.interval,
+        grace_period=args.grace_period,
+        prune_dangling=not args.no_prune,
+        prune_build_cache=not args.no_prune,
+    )
+    asyncio.run(run_node_cleaner(cleaner, args.once))
+
+
+if __name__ == "__main__":
+    main()

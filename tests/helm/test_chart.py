@@ -503,7 +503,8 @@ def test_builder_daemon(render):
     )
     daemon = objs.one("DaemonSet")
     spec = daemon["spec"]["template"]["spec"]
-    (dind,) = spec["containers"]
+    # The image cleaner runs beside it (tests/helm/test_chart_registry.py).
+    (dind,) = [c for c in spec["containers"] if c["name"] == "dockerd"]
     assert dind["securityContext"] == {"privileged": True}
     assert spec["automountServiceAccountToken"] is False
     assert spec["tolerations"] == [

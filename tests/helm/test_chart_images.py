@@ -133,5 +133,6 @@ def test_schema_rejects_unpublished_and_malformed_images(helm, tmp_path, values,
 
 def test_the_builder_daemon_keeps_its_published_default(render):
     """docker:27-dind is published (Docker Hub): it needs no setting."""
-    (dind,) = render().one("DaemonSet")["spec"]["template"]["spec"]["containers"]
+    containers = render().one("DaemonSet")["spec"]["template"]["spec"]["containers"]
+    (dind,) = [c for c in containers if c["name"] == "dockerd"]
     assert dind["image"] == "docker:27-dind"

@@ -53,7 +53,7 @@ def run_daemon_command(dind: dict, tmp_path: Path, mtu_file: str | None) -> list
 
 def test_builder_daemon_mtu_follows_the_pod_interface_by_default(render, tmp_path):
     objs = render()
-    (dind,) = daemon_spec(objs)["containers"]
+    (dind,) = daemon_spec(objs)["containers"][:1]  # dockerd; the image cleaner follows
     env = {e["name"]: e.get("value") for e in dind["env"]}
     assert env["BINDERBUILD_MTU_FROM"] == "/sys/class/net/eth0/mtu"
     mtu = tmp_path / "mtu"
@@ -68,10 +68,10 @@ def test_builder_daemon_mtu_follows_the_pod_interface_by_default(render, tmp_pat
 
 
 def test_builder_daemon_mtu_can_be_set(render):
-    (dind,) = daemon_spec(render({"builderDaemon": {"mtu": 1400}}))["containers"]
+    (dind,) = daemon_spec(render({"builderDaemon": {"mtu": 1400}}))["containers"][:1]
     assert "--mtu=1400" in dind["args"]
     assert "command" not in dind
-    (plain,) = daemon_spec(render({"builderDaemon": {"mtu": ""}}))["containers"]
+    (plain,) = daemon_spec(render({"builderDaemon": {"mtu": ""}}))["containers"][:1]
     assert "command" not in plain
     assert not [a for a in plain["args"] if a.startswith("--mtu")]
 
@@ -181,7 +181,7 @@ def test_daemon_socket_path_inside_its_container_stays_short(helm, tmp_path):
     (namespace and release names), so the daemon sees its directory at a
     fixed path."""
     objs = rendered_as(helm, tmp_path, "r" * 40, "n" * 63)
-    (dind,) = daemon_spec(objs)["containers"]
+    (dind,) = daemon_spec(objs)["containers"][:1]
     mounts = {m["name"]: m["mountPath"] for m in dind["volumeMounts"]}
     assert mounts["socket-dir"] == "/var/run/binderbuild-dind"
     assert "--host=unix:///var/run/binderbuild-dind/docker.sock" in dind["args"]

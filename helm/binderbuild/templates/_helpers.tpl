@@ -145,6 +145,10 @@ value), so `config` overrides any of them.
 {{- if .Values.registry.url -}}
 {{- $_ := set $settings "DockerRegistry" (dict "url" .Values.registry.url) -}}
 {{- end -}}
+{{- $lifecycle := .Values.registry.lifecycle -}}
+{{- if (ternary .Values.registry.inCluster.enabled $lifecycle.enabled (kindIs "invalid" $lifecycle.enabled)) -}}
+{{- $_ := set $settings "RegistryLifecycle" (dict "enabled" true "budget" (include "binderbuild.registryBudget" .) "keep_days" $lifecycle.keepDays) -}}
+{{- end -}}
 {{- if .Values.quota.kubernetes.enabled -}}
 {{- $_ := set $settings "HubLauncher" (dict "server_counter_class" "binderbuild.k8s_quota.PodCountCache") -}}
 {{- $_ := set $settings "PodCountCache" (dict "namespace" (include "binderbuild.hubNamespace" .) "label_selector" .Values.quota.kubernetes.labelSelector) -}}
@@ -192,4 +196,18 @@ KubernetesBuilder adds them to build pods
   operator: Equal
   value: user
   effect: NoSchedule
+{{- end -}}
+
+{{/* The registry lifecycle's byte budget: registry.lifecycle.budget, else 80 %
+of registry.storage (in MiB). */}}
+{{- define "binderbuild.registryBudget" -}}
+{{- if .Values.registry.lifecycle.budget -}}
+{{- .Values.registry.lifecycle.budget -}}
+{{- else -}}
+{{- $size := .Values.registry.storage -}}
+{{- $number := regexFind "^[0-9]+" $size | int -}}
+{{- $mib := dict "Mi" 1 "Gi" 1024 "Ti" 1048576 -}}
+{{- $factor := get $mib (trimPrefix (toString $number) $size) | int -}}
+{{- printf "%dM" (div (mul $number $factor 80) 100) -}}
+{{- end -}}
 {{- end -}}
