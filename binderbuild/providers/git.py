@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import math
 import os
 import re
 import signal
@@ -34,6 +35,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from traitlets import Float, List, Unicode
 
+from binderbuild.builders.leftovers import deathsig_preexec
 from binderbuild.errors import ProviderError, RefNotFound, SpecError, UnsafeURL
 from binderbuild.http import redact_url
 from binderbuild.models import ResolvedRef
@@ -299,6 +301,11 @@ class GitRepoProvider(RepoProvider):
             "GIT_CONFIG_NOSYSTEM": "1",
             "GIT_CONFIG_GLOBAL": "/dev/null",
             "GIT_PROTOCOL_FROM_USER": "0",
+            # The http(s) transport helper gives up by itself on a server that
+            # sends (next to) nothing for a little longer than the resolution
+            # may take: it outlives git when the service is killed (see below).
+            "GIT_HTTP_LOW_SPEED_LIMIT": "1024",
+            "GIT_HTTP_LOW_SPEED_TIME": str(math.ceil(self.ls_remote_timeout) + 5),
         }
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -308,22 +315,24 @@ class GitRepoProvider(RepoProvider):
                 stderr=asyncio.subprocess.PIPE,
                 env=env,
                 start_new_session=True,
+                # git dies with the service (its own session keeps it from
+                # the service's signals otherwise).
+                preexec_fn=deathsig_preexec(),
             )
         except OSError as exc:
             raise ProviderError(f"Could not run git: {exc}") from None
         try:
             out, err = await asyncio.wait_for(proc.communicate(), self.ls_remote_timeout)
         except TimeoutError:
-            # Kill the whole process group: git leaves the talking to its
-            # transport helper (git-remote-http), which would otherwise live on
-            # with the connection and our stderr pipe, and proc.wait() (which
-            # waits for the pipes to close) would never return.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+            await _kill_group(proc)
             raise self._unreachable(
                 url, f"Timed out after {self.ls_remote_timeout:g}s asking for refs"
             ) from None
+        except BaseException:
+            # Cancelled (the service is stopping): the group must not live on
+            # with a connection to a server that never answers.
+            await _kill_group(proc)
+            raise
         if proc.returncode != 0:
             stderr = err.decode(errors="replace")
             if target != url:
@@ -349,6 +358,17 @@ class GitRepoProvider(RepoProvider):
         # Refused, reset, TLS or protocol errors: the details would tell open
         # ports from closed ones, so they go to the log only.
         return self._unreachable(url, reason)
+
+
+async def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    """Kill git's whole process group and reap git. The group, not git
+    alone: git leaves the talking to its transport helper (git-remote-http),
+    which would otherwise live on with the connection and our stderr pipe,
+    and ``proc.wait()`` (which waits for the pipes to close) would never
+    return."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    await asyncio.shield(proc.wait())
 
 
 def pick_ref(ls_remote_output: str, ref: str) -> str | None:
