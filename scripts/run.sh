@@ -395,8 +395,13 @@ export CONFIGPROXY_AUTH_TOKEN="$(cat "$PROXY_TOKEN_FILE")"
 if [ -n "$PUBLIC" ]; then
     if [ "$PUBLIC_SCHEME" = https ]; then
         cat >>"$STATE/hub/jupyterhub_config.py" <<EOF
-# HTTPS only: every cookie the hub sets (its _xsrf cookie too) is Secure.
+# HTTPS only: every cookie the hub sets (its _xsrf cookie too) is Secure,
+# and so is each server's own _xsrf cookie (kept on the server's path).
 c.JupyterHub.tornado_settings["cookie_options"] = {"secure": True}
+def _secure_server_cookies(spawner):
+    kwargs = {"xsrf_cookie_kwargs": {"path": spawner.server.base_url, "secure": True}}
+    spawner.args = [*spawner.args, f"--ServerApp.tornado_settings={kwargs!r}"]
+c.Spawner.pre_spawn_hook = _secure_server_cookies
 EOF
     fi
     if [ "$HSTS" != 0 ] && [ "$PUBLIC_SCHEME" = https ]; then

@@ -179,7 +179,10 @@ case "${1:-}" in
     start) start_registry false ;;
     stop) stop_registry ;;
     gc) gc_registry ;;
+    # scripts/backup.sh: the registry read-only while its data is copied.
+    readonly) stop_registry >/dev/null; start_registry true ;;
+    writable) stop_registry >/dev/null; start_registry false ;;
     status)
         if registry_up; then say "registry: up on $REGISTRY_ADDR"; else say "registry: down"; fi ;;
-    *) echo "usage: $0 start|stop|status|gc" >&2; exit 2 ;;
+    *) echo "usage: $0 start|stop|status|gc|readonly|writable" >&2; exit 2 ;;
 esac
