@@ -517,7 +517,7 @@ def make_lifecycle(
         )
         if not sweeper.enabled:
             sweeper = None
-    return Lifecycle(usage, engine_cleaner, registry, sweeper)
+    return Lifecycle(usage, engine_cleaner, registry, sweeper, builds)
 
 
 def make_builder(app: BinderBuild, resources: BuildResources) -> Builder:

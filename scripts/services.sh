@@ -151,6 +151,18 @@ stop_registry() {
     fi
 }
 
+maintenance() {
+    [ -n "${BINDERBUILD_ADMIN_URL:-}" ] || return 0
+    local answer
+    if ! answer="$(curl -sS --fail-with-body -X POST --max-time 900 \
+        -H "Authorization: Bearer ${BINDERBUILD_ADMIN_TOKEN:-}" \
+        "${BINDERBUILD_ADMIN_URL%/}/api/admin/maintenance?action=$1")"; then
+        say "gc: binderbuild refused maintenance $1: $answer"
+        exit 1
+    fi
+    say "gc: binderbuild maintenance $1: $answer"
+}
+
 gc_registry() {
     # Not stop-the-world: the registry is read-only meanwhile, so lookups and
     # pulls keep working; pushes (a build finishing) fail during the window,
@@ -159,6 +171,10 @@ gc_registry() {
         say "gc: the registry was not started by this script (start it first)"
         exit 1
     fi
+    # With BINDERBUILD_ADMIN_URL (binderbuild's URL) and BINDERBUILD_ADMIN_TOKEN
+    # (one of its api_tokens), binderbuild opens a maintenance window first:
+    # running builds finish, new ones queue until the window ends.
+    maintenance start
     stop_registry >/dev/null
     start_registry true >/dev/null
     say "gc: registry read-only"
@@ -168,6 +184,7 @@ gc_registry() {
     after="$(du -sb "$REGISTRY_DIR/data" | cut -f1)"
     stop_registry >/dev/null
     start_registry false >/dev/null
+    maintenance end
     if [ "$status" != 0 ]; then
         say "gc: garbage-collect failed ($status); see $LOG/registry-gc.log; registry writable again"
         exit "$status"
