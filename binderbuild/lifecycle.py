@@ -940,6 +940,102 @@ class LifecycleStats:
     disk_full_cleanups: int = 0
 
 
+class BuildsLike(Protocol):
+    """The part of ``BuildManager`` maintenance needs: its slot count and scheduler."""
+
+    concurrency: int
+
+    @property
+    def running(self) -> int: ...
+
+    @property
+    def queue_length(self) -> int: ...
+
+    def _schedule(self) -> None: ...
+
+
+class MaintenanceRefused(Exception):
+    """Builds were still running when the drain deadline passed."""
+
+
+class Maintenance:
+    """A registry maintenance window (garbage collection, backups) seen from
+    the service: no build starts meanwhile, so none pushes to a read-only or
+    stopped registry; requests queue (their clients see their queue position)
+    and their builds start when the window ends. Lookups and launches of
+    existing images go on. The window closes by itself after ``limit``
+    seconds, so a maintenance script that died never stops builds for good."""
+
+    def __init__(self, builds: BuildsLike) -> None:
+        self.builds = builds
+        self._saved: int | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.since: float | None = None
+        self._finished = asyncio.Event()
+
+    def build_finished(self) -> None:
+        self._finished.set()
+
+    @property
+    def active(self) -> bool:
+        return self._saved is not None
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "maintenance": self.active,
+            "since": self.since,
+            "running": self.builds.running,
+            "queued": self.builds.queue_length,
+        }
+
+    async def begin(self, drain_timeout: float, limit: float) -> dict[str, Any]:
+        """Stop starting builds and wait (up to ``drain_timeout``) for the
+        running ones to finish; if they do not, the window does not open."""
+        if self._saved is None:
+            self._saved = self.builds.concurrency
+            # The scheduler starts a build while running < concurrency.
+            self.builds.concurrency = 0
+            self.since = time.time()
+            log.info("maintenance: no build starts until it ends; draining running builds")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain_timeout
+        while self.builds.running and loop.time() < deadline:
+            # Woken by a finished build (build_finished); the manager counts it
+            # out just after its hooks, hence the short re-check.
+            self._finished.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._finished.wait(), min(0.5, max(0.0, deadline - loop.time()))
+                )
+        if self.builds.running:
+            count = self.builds.running
+            self.end()
+            raise MaintenanceRefused(
+                f"{count} builds still running after {drain_timeout:g}s: maintenance not started"
+            )
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_later(limit, self._expired)
+        log.info("maintenance window open (%d builds queued meanwhile)", self.builds.queue_length)
+        return self.state()
+
+    def _expired(self) -> None:
+        log.warning("maintenance window not closed after its limit: builds start again")
+        self.end()
+
+    def end(self) -> dict[str, Any]:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._saved is not None:
+            self.builds.concurrency = self._saved
+            self._saved = None
+            self.since = None
+            log.info("maintenance window closed: %d queued builds start", self.builds.queue_length)
+            self.builds._schedule()
+        return self.state()
+
+
 class Lifecycle:
     """The usage tracker, the periodic cleaners and sweeps of one service,
     what they did (``stats``), the ``disk`` health check and the admin API's
@@ -951,8 +1047,10 @@ class Lifecycle:
         engine_cleaner: EngineImageCleaner | None = None,
         registry: RegistryLifecycle | None = None,
         sweeper: Sweeper | None = None,
+        builds: BuildsLike | None = None,
     ) -> None:
         self.usage = usage
+        self.maintenance = Maintenance(builds) if builds is not None else None
         self.engine_cleaner = engine_cleaner
         # Present for the health check whenever images go to a registry; it
         # deletes only when enabled.
@@ -1112,6 +1210,8 @@ class Lifecycle:
         """BuildManager on_finished hook: a build that failed for lack of disk
         space starts a cleanup at once (down to the low-water mark), so the
         next request finds room if anything could be freed."""
+        if self.maintenance is not None:
+            self.maintenance.build_finished()
         reason = build.error.message if build.error is not None else ""
         if build.state is BuildState.FAILED and _NO_SPACE.search(reason):
             log.warning("build %s ran out of disk space: cleaning up now", build.id)
@@ -1145,6 +1245,8 @@ class Lifecycle:
                 await asyncio.shield(self._disk_full)
 
     async def close(self) -> None:
+        if self.maintenance is not None:
+            self.maintenance.end()
         for task in [*self._tasks, *([self._disk_full] if self._disk_full else [])]:
             task.cancel()
         for task in self._tasks:

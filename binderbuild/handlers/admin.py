@@ -2,6 +2,10 @@
 
     GET  /api/admin/images                    images, least recently used first
     POST /api/admin/cleanup?dry_run=&force=   run the cleaners and sweeps now
+    GET  /api/admin/maintenance               is a registry maintenance window open?
+    POST /api/admin/maintenance?action=start|end[&drain_timeout=&limit=]
+                                              open (no build starts; running ones
+                                              drain first) or close it
 
 Only holders of ``BinderBuild.api_tokens`` may call them (the same bearer
 tokens as cancelling a build in the builds API): 401 without credentials,
@@ -13,10 +17,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from binderbuild.errors import NotFound, SpecError
+from binderbuild.errors import Conflict, NotFound, SpecError
 from binderbuild.handlers.api import ApiHandler
 from binderbuild.handlers.base import BaseHandler
-from binderbuild.lifecycle import Lifecycle
+from binderbuild.lifecycle import Lifecycle, Maintenance, MaintenanceRefused
 
 
 def admin_handlers(base_url: str) -> list[tuple[str, type[BaseHandler]]]:
@@ -24,6 +28,7 @@ def admin_handlers(base_url: str) -> list[tuple[str, type[BaseHandler]]]:
     return [
         (rf"{b}api/admin/images", AdminImagesHandler),
         (rf"{b}api/admin/cleanup", AdminCleanupHandler),
+        (rf"{b}api/admin/maintenance", AdminMaintenanceHandler),
     ]
 
 
@@ -79,3 +84,47 @@ class AdminCleanupHandler(AdminHandler):
         force = _flag(self, "force")
         result: dict[str, Any] = await self.lifecycle.cleanup(dry_run=dry_run, force=force)
         self.write_json(result)
+
+
+def _seconds(handler: BaseHandler, name: str, default: float) -> float:
+    text = handler.get_query_argument(name, None)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 86400:
+        raise SpecError(f"'{name}' must be a number of seconds from 0 to 86400.")
+    return value
+
+
+class AdminMaintenanceHandler(AdminHandler):
+    @property
+    def window(self) -> Maintenance:
+        maintenance = self.lifecycle.maintenance
+        if maintenance is None:
+            raise NotFound("This deployment has no build queue to pause.")
+        return maintenance
+
+    async def get(self) -> None:
+        if not self.require_authorized("see maintenance windows"):
+            return
+        self.write_json(self.window.state())
+
+    async def post(self) -> None:
+        if not self.require_authorized("open or close maintenance windows"):
+            return
+        action = self.get_query_argument("action", "")
+        if action not in ("start", "end"):
+            raise SpecError("'action' must be start or end.")
+        if action == "end":
+            self.write_json(self.window.end())
+            return
+        drain = _seconds(self, "drain_timeout", 600.0)
+        limit = _seconds(self, "limit", 3600.0)
+        try:
+            state = await self.window.begin(drain_timeout=drain, limit=limit)
+        except MaintenanceRefused as exc:
+            raise Conflict(str(exc)) from None
+        self.write_json(state)
