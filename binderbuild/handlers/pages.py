@@ -366,6 +366,19 @@ class PageHandler(BaseHandler):
         self.redirect(hub_login_url(self, hub_auth))
         return True
 
+    def signed_in_stream_url(self, url: str) -> str:
+        """With hub login on, ``url`` (the page's own event stream) with the
+        page's XSRF token: JupyterHub's login cookie counts for a script's
+        request (EventSource) only with it, so without it a signed-in
+        person's launch was refused with "Log in first"."""
+        if self.ctx.hub_auth is None:
+            return url
+        from tornado.httputil import url_concat
+
+        token: bytes | str = self.xsrf_token  # JupyterHub's, once hub_auth has seen the handler
+        text = token.decode() if isinstance(token, bytes) else token
+        return url_concat(url, {"_xsrf": text})
+
     @property
     def pages(self) -> PageConfig:
         return self.settings["binderbuild_pages"]  # type: ignore[no-any-return]  # Tornado settings are untyped
@@ -503,7 +516,7 @@ class LoadingHandler(PageHandler):
             "baseUrl": base_url,
             "provider": provider_id,
             "spec": spec,
-            "buildUrl": f"{base_url}build/{provider_id}/{spec}",
+            "buildUrl": self.signed_in_stream_url(f"{base_url}build/{provider_id}/{spec}"),
             "buildToken": token,
             "open": params,
             "rejected": rejected,
