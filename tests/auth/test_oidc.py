@@ -181,3 +181,45 @@ def test_wrong_password_stays_at_the_provider(signed_in: SignedIn) -> None:
     assert answer.status == 401
     assert "Wrong user name or password" in answer.text
     assert "service-binder" not in browser.cookie_names()
+
+
+def test_member_signs_in_and_lands_in_her_server_in_chromium(signed_in: SignedIn) -> None:
+    """The same sign-in in a real browser, to the end: her notebook server."""
+    import json
+    import os
+    import shutil
+    import subprocess
+
+    from tests.e2e.conftest import CHROMIUM, E2E, _result
+
+    node = shutil.which("node")
+    assert node, "node is not installed: run scripts/setup.sh"
+    assert (E2E / "node_modules" / "playwright-core" / "package.json").is_file(), (
+        "playwright-core is missing in tests/e2e: run scripts/setup.sh"
+    )
+    assert os.access(CHROMIUM, os.X_OK), f"Chromium is missing at {CHROMIUM}: run scripts/setup.sh"
+    artifacts = Path(__file__).resolve().parent.parent.parent / "test-artifacts" / "auth"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    params = {
+        "url": f"{signed_in.service.url}/v2/git/{signed_in.repo.spec('main')}",
+        "username": MEMBER.username,
+        "password": MEMBER.password,
+        "serverPrefix": f"{signed_in.hub.url}user/{MEMBER.username}/",
+        "artifacts": str(artifacts),
+    }
+    script = Path(__file__).resolve().parent / "js" / "signin_launch.mjs"
+    proc = subprocess.run(
+        [node, str(script), json.dumps(params)],
+        cwd=E2E,
+        capture_output=True,
+        text=True,
+        timeout=480,
+        stdin=subprocess.DEVNULL,
+    )
+    result = _result("signin_launch", proc.returncode, proc.stdout, proc.stderr)
+    assert "Sign in with Test provider" in result["loginText"]
+    assert result["providerPage"].startswith(signed_in.provider.issuer + "/interaction/")
+    assert result["backAt"].startswith(params["url"])
+    assert result["finalUrl"].startswith(params["serverPrefix"])
+    # A named server of hers (not a temporary user): /user/ada/<server>/...
+    assert result["finalUrl"][len(params["serverPrefix"]) :].split("/")[0], result["finalUrl"]
