@@ -46,8 +46,8 @@
 # (BINDERBUILD_LISTEN, default 127.0.0.1), with the certificate of
 # --tls-cert/--tls-key (BINDERBUILD_TLS_CERT/_KEY) or, without them, a
 # self-signed one made in $VAR/singlemachine/tls. --http-port N
-# (BINDERBUILD_HTTP_PORT; 80 when the public port is 443) redirects plain
-# HTTP there; --hsts SECONDS (BINDERBUILD_HSTS) sends Strict-Transport-Security.
+# (BINDERBUILD_HTTP_PORT; 80 when the public port is 443, 0 for none)
+# redirects plain HTTP there; --hsts SECONDS (BINDERBUILD_HSTS) sends Strict-Transport-Security.
 # Everything else stays on loopback (or the servers' private network).
 # BINDERBUILD_LOG_TO=journal writes components' logs to stdout (systemd's
 # journal) instead of $VAR/log.
@@ -184,6 +184,7 @@ EOF
     if [ -z "$HTTP_PORT" ] && [ "$PUBLIC_SCHEME" = https ] && [ "$PUBLIC_PORT" = 443 ]; then
         HTTP_PORT=80
     fi
+    [ "$HTTP_PORT" = 0 ] && HTTP_PORT=""  # --http-port 0: no redirect (e.g. port 80 is certbot's)
     if [ "$PUBLIC_SCHEME" = https ]; then
         if [ -z "$TLS_CERT" ] && [ -z "$TLS_KEY" ]; then
             # For trials: a self-signed certificate for the public name, kept
@@ -364,9 +365,10 @@ if [ "$AUTH" = 1 ]; then
     # The first admin's account, made while the hub is stopped (nobody can
     # take the name by signing up first); a new password only when the file
     # is missing.
-    ADMIN_PASSWORD_NEW="$("$PY" -m binderbuild.hubconfig.auth \
+    ADMIN_PASSWORD_NEW="$("$PY" -m binderbuild.hubconfig.admin \
         --db-url "sqlite:///$STATE/hub/jupyterhub.sqlite" --user admin \
-        --password-file "$ADMIN_PASSWORD_FILE")" || die "could not create the hub's admin account"
+        --password-file "$ADMIN_PASSWORD_FILE" 2>>"$LOG/hub-admin.log")" \
+        || { tail -n 20 "$LOG/hub-admin.log" >&2; die "could not create the hub's admin account"; }
 fi
 cat >>"$STATE/hub/jupyterhub_config.py" <<'EOF'
 

@@ -158,7 +158,7 @@ def _authenticator_lines(login: Login, public_url: str) -> list[str]:
             "# --- sign-in: accounts kept by the hub (jupyterhub-nativeauthenticator) ---",
             "# Login page /hub/login, sign-up /hub/signup; an admin approves sign-ups",
             "# at /hub/authorize (docs/signed-in.md). The first admin's account is",
-            "# made before the hub starts (python -m binderbuild.hubconfig.auth).",
+            "# made before the hub starts (python -m binderbuild.hubconfig.admin).",
             f"c.JupyterHub.authenticator_class = {NATIVE_AUTHENTICATOR!r}",
             f"c.Authenticator.admin_users = {set(login.admin_users)!r}",
             "# Who may sign in is NativeAuthenticator's approval, not an allow list.",
@@ -375,37 +375,3 @@ def ensure_admin(db_url: str, username: str, password_file: Path) -> str | None:
     finally:
         session.close()
     return created
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m binderbuild.hubconfig.auth --db-url URL --user NAME --password-file FILE``:
-    :func:`ensure_admin`; prints the generated password when it made one."""
-    import argparse
-    import sys
-
-    parser = argparse.ArgumentParser(
-        prog="python -m binderbuild.hubconfig.auth",
-        description="Create (or reset) the first admin account of a hub that signs "
-        "people in with jupyterhub-nativeauthenticator. Run it while the hub is stopped.",
-    )
-    parser.add_argument("--db-url", required=True, help="the hub's database (c.JupyterHub.db_url)")
-    parser.add_argument("--user", default="admin", help="the admin's user name")
-    parser.add_argument(
-        "--password-file",
-        type=Path,
-        required=True,
-        help="the admin's password; generated (0600) when missing",
-    )
-    args = parser.parse_args(argv)
-    try:
-        created = ensure_admin(args.db_url, args.user, args.password_file)
-    except LoginConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if created is not None:
-        print(created)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

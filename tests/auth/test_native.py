@@ -2,7 +2,7 @@
 
 The hub's configuration is the one run.sh writes (``python -m
 binderbuild.hubconfig --login native --service-url ...``), its first admin
-made the way run.sh makes it (``python -m binderbuild.hubconfig.auth``)
+made the way run.sh makes it (``python -m binderbuild.hubconfig.admin``)
 before the hub starts. Then, against the real hub and binderbuild: the admin
 signs in through binderbuild's home page and comes back to it; a sign-up
 waits for the admin's approval; once approved, that person signs in too.
@@ -53,7 +53,7 @@ def native(module_dir: Path, docker_client: Any) -> Iterator[NativeSetup]:
     password_file = module_dir / "hub-admin-password"
     # As run.sh does it: the command line, before the hub's first start.
     made = subprocess.run(
-        [sys.executable, "-m", "binderbuild.hubconfig.auth", "--db-url", hub.db_url,
+        [sys.executable, "-m", "binderbuild.hubconfig.admin", "--db-url", hub.db_url,
          "--user", "admin", "--password-file", str(password_file)],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
