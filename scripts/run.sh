@@ -60,7 +60,11 @@
 # and printed once (delete the file to get a new one). binderbuild's pages
 # send anonymous visitors to the hub's login and back; each launch is a
 # named server of the signed-in user. For an identity provider (Keycloak,
-# any OpenID Connect / OAuth2 provider) see docs/signed-in.md.
+# any OpenID Connect / OAuth2 provider) see docs/signed-in.md: with --auth,
+# BINDERBUILD_OIDC_ISSUER (its issuer URL), BINDERBUILD_OIDC_CLIENT_ID,
+# BINDERBUILD_OIDC_CLIENT_SECRET_FILE and BINDERBUILD_OIDC_ALLOWED_GROUPS
+# (comma-separated; BINDERBUILD_OIDC_ADMIN_GROUPS likewise) sign people in
+# there instead, and no local admin is made.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -341,7 +345,18 @@ TOKEN_FILE="$STATE/binder-service-token"
 BB_PUBLIC_URL="${PUBLIC_ORIGIN:+$PUBLIC_ORIGIN/}"
 BB_PUBLIC_URL="${BB_PUBLIC_URL:-http://127.0.0.1:$PORT/}"
 LOGIN_ARGS=()
-[ "$AUTH" = 1 ] && LOGIN_ARGS=(--login native --admin-user admin --service-url "$BB_PUBLIC_URL")
+OIDC_ISSUER="${BINDERBUILD_OIDC_ISSUER:-}"
+if [ "$AUTH" = 1 ] && [ -n "$OIDC_ISSUER" ]; then
+    LOGIN_ARGS=(--login oauth --service-url "$BB_PUBLIC_URL" --oidc-issuer "$OIDC_ISSUER"
+        --oauth-client-id "${BINDERBUILD_OIDC_CLIENT_ID:?set BINDERBUILD_OIDC_CLIENT_ID}"
+        --oauth-client-secret-file "${BINDERBUILD_OIDC_CLIENT_SECRET_FILE:?set BINDERBUILD_OIDC_CLIENT_SECRET_FILE}")
+    IFS=, read -r -a _groups <<<"${BINDERBUILD_OIDC_ALLOWED_GROUPS:-}"
+    for g in "${_groups[@]}"; do [ -n "$g" ] && LOGIN_ARGS+=(--oauth-allowed-group "$g"); done
+    IFS=, read -r -a _groups <<<"${BINDERBUILD_OIDC_ADMIN_GROUPS:-}"
+    for g in "${_groups[@]}"; do [ -n "$g" ] && LOGIN_ARGS+=(--oauth-admin-group "$g"); done
+elif [ "$AUTH" = 1 ]; then
+    LOGIN_ARGS=(--login native --admin-user admin --service-url "$BB_PUBLIC_URL")
+fi
 "$PY" -m binderbuild.hubconfig \
     --out "$STATE/hub/jupyterhub_config.py" \
     --data-dir "$STATE/hub" \
@@ -361,7 +376,7 @@ LOGIN_ARGS=()
     "${LOGIN_ARGS[@]}"
 ADMIN_PASSWORD_FILE="$STATE/hub-admin-password"
 ADMIN_PASSWORD_NEW=""
-if [ "$AUTH" = 1 ]; then
+if [ "$AUTH" = 1 ] && [ -z "$OIDC_ISSUER" ]; then
     # The first admin's account, made while the hub is stopped (nobody can
     # take the name by signing up first); a new password only when the file
     # is missing.
@@ -547,7 +562,9 @@ supervise binderbuild "$LOG/binderbuild.log" \
     env JUPYTERHUB_API_TOKEN="$(cat "$TOKEN_FILE")" "$PY" -m binderbuild \
     --config="$STATE/binderbuild_config.py" --port="$PORT"
 wait_http "http://127.0.0.1:$PORT/versions" 60 binderbuild "$LOG/binderbuild.log"
-if [ "$AUTH" = 1 ]; then
+if [ "$AUTH" = 1 ] && [ -n "$OIDC_ISSUER" ]; then
+    say "signed-in mode: sign in at ${BB_PUBLIC_URL} through $OIDC_ISSUER"
+elif [ "$AUTH" = 1 ]; then
     say "signed-in mode: sign in at ${BB_PUBLIC_URL} (the hub's login page); people sign up"
     say "  there and the admin approves them at the hub's /hub/authorize page"
     if [ -n "$ADMIN_PASSWORD_NEW" ]; then
