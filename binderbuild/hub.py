@@ -78,16 +78,21 @@ def unique_name_from_repo(repo_url: str, max_prefix: int = 32) -> str:
     return f"{_repo_prefix(repo_url, max_prefix)}-{''.join(random.choices(_SUFFIX_CHARS, k=8))}"
 
 
-def server_name_for_repo(repo_url: str, max_prefix: int = 24) -> str:
+def server_name_for_repo(repo_url: str, max_prefix: int = 21) -> str:
     """``owner-repo-<8 hex>``: the named server of a signed-in user for this
     repository, the same at every launch, so a launch of a repository the
     user has a server for resumes that server (docs/persistent-servers.md).
     The suffix is a digest of the URL (without a trailing ``/`` or ``.git``):
-    two repositories with the same short name get different servers."""
+    two repositories with the same short name get different servers.
+    JupyterHub (>= 6) wants a "safe slug": at most 30 characters of [a-z0-9-],
+    starting with a letter, no "--"."""
     key = repo_url.strip().rstrip("/")
     key = key[:-4] if key.endswith(".git") else key
     digest = hashlib.sha256(key.encode()).hexdigest()[:8]
-    return f"{_repo_prefix(repo_url, max_prefix)}-{digest}"
+    prefix = re.sub("-+", "-", _repo_prefix(repo_url, max_prefix))
+    if not prefix[0].isalpha():
+        prefix = ("r" + prefix)[:max_prefix].rstrip("-")
+    return f"{prefix}-{digest}"
 
 
 def _repo_prefix(repo_url: str, max_prefix: int) -> str:

@@ -16,6 +16,7 @@ class BuildRequest:
     user: str | None = None  # JupyterHub user name when authenticated
     force_rebuild: bool = False
     launch_host: str = ""  # public URL of this service, e.g. https://mybinder.org/
+    profile: str = ""  # resource profile the user picked (?profile=), checked by the spawner
 
 
 @dataclass(frozen=True, slots=True)

@@ -351,6 +351,7 @@ class Pipeline:
             persistent_request_path=f"v2/{ref.provider_id}/{ref.resolved_spec}",
             launch_host=request.launch_host,
             user=request.user,
+            profile=request.profile,
         )
 
     async def prepare_launch(self, request: BuildRequest) -> LaunchRequest | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from asyncio import Future
 from collections.abc import AsyncIterator
 
@@ -198,6 +199,9 @@ class EventStreamHandler(BaseHandler):
         super().on_connection_close()
 
 
+PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
 class BuildHandler(EventStreamHandler):
     async def get(self, *_route_args: str, **_route_kwargs: str) -> None:
         provider_id, spec = self.raw_provider_and_spec("build/")
@@ -209,6 +213,12 @@ class BuildHandler(EventStreamHandler):
             )
             return
         build_only = flag in _TRUE_VALUES
+        # A resource profile of the hub's spawner (docs/persistent-servers.md):
+        # the spawner decides whether it exists and is allowed.
+        profile = self.get_argument("profile", "")
+        if profile and not PROFILE_NAME.fullmatch(profile):
+            self.write_json({"message": "Invalid profile name.", "status_code": 400}, 400)
+            return
         accept = self.request.headers.get("Accept", "")
         if "text/event-stream" not in accept:
             # As BinderHub answers: the stream opens and its one event says
@@ -239,6 +249,7 @@ class BuildHandler(EventStreamHandler):
             client_ip=self.client_ip,
             user=await self.ctx.current_user_name(self),
             launch_host=self.launch_host,
+            profile=profile,
         )
         # Errors here (unknown provider, bad spec, refused) are raised before
         # the stream starts, so they are plain HTTP answers (write_error).

@@ -34,6 +34,7 @@ from traitlets import Dict, HasTraits, Unicode, validate
 from binderbuild import __version__
 from binderbuild.errors import BinderBuildError
 from binderbuild.handlers.base import BaseHandler
+from binderbuild.handlers.build import PROFILE_NAME as _PROFILE_NAME
 from binderbuild.models import BuildRequest
 
 if TYPE_CHECKING:
@@ -512,11 +513,15 @@ class LoadingHandler(PageHandler):
             opens = ""
         base_url = self.ctx.settings.base_url
         token = self.ctx.build_tokens.issue(provider_id, spec, self.origin)
+        # ?profile=: a resource profile of the hub's spawner, passed on to the
+        # launch (docs/persistent-servers.md); the spawner validates it.
+        profile = self.get_argument("profile", "")
+        build_query = f"?profile={profile}" if _PROFILE_NAME.fullmatch(profile) else ""
         config = {
             "baseUrl": base_url,
             "provider": provider_id,
             "spec": spec,
-            "buildUrl": self.signed_in_stream_url(f"{base_url}build/{provider_id}/{spec}"),
+            "buildUrl": self.signed_in_stream_url(f"{base_url}build/{provider_id}/{spec}{build_query}"),
             "buildToken": token,
             "open": params,
             "rejected": rejected,

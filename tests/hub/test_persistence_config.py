@@ -24,3 +24,27 @@ def test_culler_stops_but_never_deletes_named_servers_of_signed_in_users(tmp_pat
     assert "--remove-named-servers=false" in culler["command"]
     assert "--cull-users=false" in culler["command"]
     assert not any("remove-named-servers=true" in arg for arg in culler["command"])
+
+
+def test_server_name_of_a_repository_is_stable_and_a_valid_hub_server_name() -> None:
+    from jupyterhub.slugs import is_valid_safe_slug
+
+    from binderbuild.hub import server_name_for_repo
+
+    urls = [
+        "https://github.com/binder-examples/requirements",
+        "git://127.0.0.1:42077/e2e-persist-signed-a8140c8d.git",
+        "git@github.com:Org--Name/__Repo__.git",
+        "https://git.example.org/1234/5678-" + "9" * 40,
+        "https://x/",
+    ]
+    for url in urls:
+        name = server_name_for_repo(url)
+        # JupyterHub 6 refuses other server names ("Invalid server_name").
+        assert is_valid_safe_slug(name), (url, name)
+        assert server_name_for_repo(url) == name
+    # One server per repository: .git and a trailing slash do not count.
+    same = server_name_for_repo("https://github.com/a/b")
+    assert server_name_for_repo("https://github.com/a/b.git") == same
+    assert server_name_for_repo("https://github.com/a/b/") == same
+    assert server_name_for_repo("https://gitlab.com/a/b") != same
