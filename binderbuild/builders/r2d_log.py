@@ -83,6 +83,10 @@ class R2dLogReader:
         self.scrubber = scrubber or Scrubber()
         self._tail: deque[str] = deque(maxlen=tail_lines)
         self._failures: deque[str] = deque(maxlen=tail_lines)
+        # The last line that said the disk was full, however far back: a build
+        # step's own output says it ("dd: error writing ...: No space left on
+        # device"), its failure line only gives the step's exit code.
+        self.no_space = ""
 
     def read(self, line: str) -> ProgressEvent:
         """The event of one output line (without its line break)."""
@@ -92,6 +96,8 @@ class R2dLogReader:
             self._tail.append(text)
             if is_failure:
                 self._failures.append(text)
+            if _NO_SPACE.search(text):
+                self.no_space = text
         return ev
 
     @property
@@ -163,7 +169,8 @@ def _in_words(code: int, log: R2dLogReader, memory_limit: int, oom_killed: bool)
     limit = f" (limit {human_bytes(memory_limit)})" if memory_limit else ""
     if oom_killed or (step_killed and memory_limit):
         return f"The build ran out of memory{limit}"
-    for text in reversed(log.failures or log.tail):
+    # The failure lines first; then the output's last disk-full line.
+    for text in (*reversed(log.failures or log.tail), log.no_space):
         if _NO_SPACE.search(text):
             if _PUSHING.search(text):
                 return "The registry ran out of disk space while the image was pushed"
