@@ -28,7 +28,13 @@ from tests.e2e.conftest import _node, _result, browser_env  # noqa: F401  (fixtu
 from tests.public.conftest import PUBLIC_IP, ROOT, PublicStack, Unit
 from tests.realservices import GitServer, dockerfile_repo_files, make_repo
 
-pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.registry, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.docker,
+    pytest.mark.hub,
+    pytest.mark.registry,
+    pytest.mark.browser,
+    pytest.mark.slow,
+]
 
 NOTEBOOK = {
     "cells": [{"cell_type": "markdown", "metadata": {}, "source": ["# Public binderbuild"]}],
@@ -303,11 +309,19 @@ def test_upgrade_keeps_users_history_and_images(
     assert builds, "no build in the history"
     users = set(s.users)
     s.stop()
+    # The operator's settings and configuration survive the install.
+    env_file = s.config_dir / "binderbuild.env"
+    env_file.write_text(env_file.read_text() + "BINDERBUILD_RATE_LIMIT=31\n")
+    config = (s.config_dir / "config.py").read_text()
     new = newer_checkout(tmp_path)
     unit = s.install(new)
     assert unit.exec_start[1] == str(new / "scripts" / "run.sh")
     assert isinstance(unit, Unit)
+    assert "BINDERBUILD_RATE_LIMIT=31\n" in env_file.read_text()
+    assert (s.config_dir / "config.py").read_text() == config
     s.start()
+    generated = (s.state / "singlemachine" / "binderbuild_config.py").read_text()
+    assert 'int("31")' in generated, "the kept setting did not reach the stack"
     assert_state_kept(s, repo, builds, users)
 
 
