@@ -4,6 +4,7 @@ absolute-form request (scripts/https_redirect.py, run for real)."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -90,3 +91,37 @@ def test_http_redirect_names_only_the_configured_origin() -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def _run_sh(var: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BINDERBUILD_")}
+    env["BINDERBUILD_VAR"] = str(var)
+    return subprocess.run(
+        ["bash", str(ROOT / "scripts" / "run.sh"), "--no-setup", "--local-store", "--no-demo", *args],
+        env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def test_self_signed_certificate_for_trials_and_a_busy_public_port(tmp_path: Path) -> None:
+    from cryptography import x509
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.2", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = _run_sh(tmp_path, "--public", f"https://127.0.0.2:{port}", "--listen", "127.0.0.2")
+    # Made before anything starts, then the busy public port stops the start.
+    assert done.returncode != 0
+    assert f"port {port} on 127.0.0.2 is in use" in done.stderr, done.stdout + done.stderr
+    tls = tmp_path / "singlemachine" / "tls"
+    cert = x509.load_pem_x509_certificate((tls / "selfsigned.crt").read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.2"]
+    assert (tls / "selfsigned.key").stat().st_mode & 0o077 == 0
+    assert "self-signed certificate for 127.0.0.2" in done.stdout
+
+
+def test_public_mode_refuses_a_url_with_a_path(tmp_path: Path) -> None:
+    done = _run_sh(tmp_path, "--public", "https://binder.example.org/binder/")
+    assert done.returncode != 0
+    assert "--public wants scheme://name[:port]" in done.stderr, done.stderr
