@@ -49,7 +49,7 @@ STOP_GRACE = 3
 
 
 @dataclass(frozen=True)
-class TestCA:
+class CertAuthority:
     ca_cert: Path
     cert: Path
     key: Path
@@ -60,7 +60,7 @@ class TestCA:
         return ctx
 
 
-def make_test_ca(directory: Path, ip: str = PUBLIC_IP) -> TestCA:
+def make_test_ca(directory: Path, ip: str = PUBLIC_IP) -> CertAuthority:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -111,7 +111,9 @@ def make_test_ca(directory: Path, ip: str = PUBLIC_IP) -> TestCA:
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
-    paths = TestCA(directory / "ca.crt", directory / "server.crt", directory / "server.key", "")
+    paths = CertAuthority(
+        directory / "ca.crt", directory / "server.crt", directory / "server.key", ""
+    )
     paths.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     paths.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     paths.key.write_bytes(
@@ -125,7 +127,7 @@ def make_test_ca(directory: Path, ip: str = PUBLIC_IP) -> TestCA:
     spki = key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    return TestCA(
+    return CertAuthority(
         paths.ca_cert,
         paths.cert,
         paths.key,
@@ -206,7 +208,7 @@ class Response:
 class PublicStack:
     """The stack of the installed unit, run as systemd would run it."""
 
-    def __init__(self, base: Path, ca: TestCA, allowed_git: str) -> None:
+    def __init__(self, base: Path, ca: CertAuthority, allowed_git: str) -> None:
         self.base = base
         self.ca = ca
         self.unit_dir = base / "units"
@@ -227,8 +229,9 @@ class PublicStack:
         self.users: set[str] = set()  # hub users of launches, for the clean-up
 
     # -- install and run
-    def install(self, checkout: Path = ROOT) -> Unit:
-        settings = {
+    def install(self, checkout: Path = ROOT, **extra: str) -> Unit:
+        settings: dict[str, object] = {
+            **extra,
             "BINDERBUILD_PORT": self.port,
             "BINDERBUILD_HUB_PORT": self.hub_port,
             "BINDERBUILD_HUB_API_PORT": self.hub_api_port,
@@ -412,13 +415,16 @@ class PublicStack:
 
 
 @pytest.fixture(scope="module")
-def test_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+def test_ca(tmp_path_factory: pytest.TempPathFactory) -> CertAuthority:
     return make_test_ca(tmp_path_factory.mktemp("test-ca"))
 
 
 @pytest.fixture(scope="module")
 def public_stack(
-    tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA, git_server: Any, docker_client: Any
+    tmp_path_factory: pytest.TempPathFactory,
+    test_ca: CertAuthority,
+    git_server: Any,
+    docker_client: Any,
 ) -> Iterator[PublicStack]:
     stack = PublicStack(
         tmp_path_factory.mktemp("public"), test_ca, f"127.0.0.1:{git_server.git_port}"
