@@ -14,6 +14,10 @@ Goal on the 2-core reference machine (issue 15): 10,000 streams within
 
     python -m benchmarks.streams_benchmark [--streams 10000] [--tracemalloc]
 
+--floor also measures Tornado's floor the same way: a bare Tornado server
+whose one handler writes an event and waits for the next (the smallest
+idle stream Tornado holds), N streams from the same client.
+
 --tracemalloc starts the service with tracemalloc on (a ``sitecustomize``
 in a temporary directory first on its PYTHONPATH; SIGUSR1 dumps a snapshot)
 and prints where the bytes of the open streams went: the allocation sites
@@ -48,16 +52,21 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class SleepingBuilder(Builder):
-    """A build that takes BINDERBUILD_BENCH_BUILD_SECONDS seconds, one
-    ``building`` event every BINDERBUILD_BENCH_TICK seconds, and builds nothing."""
+    """A build that builds nothing: one ``building`` event every
+    BINDERBUILD_BENCH_TICK seconds until the file BINDERBUILD_BENCH_STOP
+    exists (the benchmark has measured), at most
+    BINDERBUILD_BENCH_BUILD_SECONDS seconds."""
 
     async def build(self, job: BuildJob) -> AsyncIterator[ProgressEvent]:
         seconds = float(os.environ.get("BINDERBUILD_BENCH_BUILD_SECONDS", "60"))
         tick = float(os.environ.get("BINDERBUILD_BENCH_TICK", "1"))
-        yield event(Phase.BUILDING, f"sleeping for {seconds:g}s\n")
+        stop = os.environ.get("BINDERBUILD_BENCH_STOP")
+        yield event(Phase.BUILDING, f"sleeping for at most {seconds:g}s\n")
         for i in range(int(seconds / tick)):
             await asyncio.sleep(tick)
             yield event(Phase.BUILDING, f"tick {i + 1}\n")
+            if stop and os.path.exists(stop):
+                break
 
 
 # Loaded by the service (first on its PYTHONPATH) under --tracemalloc.
@@ -103,6 +112,54 @@ def print_trace(before: Any, after: Any, streams: int, frames: int) -> None:
             f"{Path(f.filename).name}:{f.lineno}" for f in stat.traceback[:frames]
         )
         print(f"  {stat.size_diff / streams:8.0f} B  {stat.count_diff / streams:6.2f} objs  {where}")
+
+
+async def serve_floor(port: int) -> None:
+    """The bare Tornado stream of --floor (run in a process of its own)."""
+    import tornado.httpserver
+    import tornado.web
+
+    changed = asyncio.Event()
+
+    class Stream(tornado.web.RequestHandler):
+        async def get(self) -> None:
+            self.set_header("Content-Type", "text/event-stream")
+            self.write(b"data: {}\n\n")
+            await self.flush()
+            await changed.wait()
+
+    server = tornado.httpserver.HTTPServer(tornado.web.Application([(r"/.*", Stream)]))
+    server.listen(port, "127.0.0.1", backlog=1024)
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+
+def measure_floor(streams: int) -> float:
+    """RSS per idle bare Tornado stream, KiB."""
+    import subprocess
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.streams_benchmark", "--serve-floor", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()
+        time.sleep(1.0)
+        base_rss, base_fds = rss_kib(proc.pid), open_fds(proc.pid)
+        clients = Clients(port, "/events", streams)
+        started = time.monotonic()
+        while open_fds(proc.pid) - base_fds < streams and time.monotonic() - started < 300:
+            clients.pump(0.5)
+        clients.pump(3.0)
+        return (rss_kib(proc.pid) - base_rss) / streams
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def rss_kib(pid: int) -> int:
@@ -167,7 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--frames", type=int, default=1, help="traceback depth (--tracemalloc)")
     parser.add_argument("--keep", metavar="DIR", help="copy the snapshots to DIR (--tracemalloc)")
+    parser.add_argument("--floor", action="store_true", help="also measure a bare Tornado stream")
+    parser.add_argument("--serve-floor", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.serve_floor:
+        asyncio.run(serve_floor(args.serve_floor))
+        return 0
     if args.short:
         args.streams = 1000
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -180,8 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     from tests.service import BinderBuildService
     from tests.sse import read_events
 
-    # Time to open every stream, then a few ticks and keepalives with all open.
-    build_seconds = (20 + args.streams // 200) * (4 if args.tracemalloc else 1)
+    # The build lasts until every stream is open and measured (a stop file),
+    # at most this long.
+    build_seconds = 600 + args.streams // 10
     with tempfile.TemporaryDirectory(prefix="binderbuild-streams-bench-") as tmp:
         work = Path(tmp)
         git = GitServer(work / "git")
@@ -191,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             "PYTHONPATH": str(ROOT),
             "BINDERBUILD_BENCH_BUILD_SECONDS": str(build_seconds),
             "BINDERBUILD_BENCH_TICK": "3",
+            "BINDERBUILD_BENCH_STOP": str(work / "stop"),
         }
         trace_dir = work / "trace"
         if args.tracemalloc:
@@ -224,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             started = time.monotonic()
             clients = Clients(service.port, path, args.streams)
             clients.pump(3.0)
-            while open_fds(pid) - base_fds < args.streams and time.monotonic() - started < 120:
+            while open_fds(pid) - base_fds < args.streams and time.monotonic() - started < 600:
                 clients.pump(0.5)
             opened = time.monotonic() - started
             # Every stream has its first events and a keepalive or two.
@@ -235,8 +299,9 @@ def main(argv: list[str] | None = None) -> int:
                 if args.keep:
                     for snap in ("snap-1", "snap-2"):
                         shutil.copy(trace_dir / snap, Path(args.keep) / snap)
-            # Until the build ends and every stream is closed by the service.
-            deadline = time.monotonic() + build_seconds + 60
+            # The build ends; every stream is closed by the service.
+            (work / "stop").touch()
+            deadline = time.monotonic() + 120
             while clients.open and time.monotonic() < deadline:
                 clients.pump(1.0)
 
@@ -252,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'streams that got ready':<36} {sum(1 for n in ready if n == 1)} of {args.streams}")
             print(f"{'events per stream (ticks)':<36} min={min(ticks)} max={max(ticks)}")
             print(f"{'keepalives per stream':<36} min={min(keepalives)} max={max(keepalives)}")
+            if args.floor:
+                floor = measure_floor(args.streams)
+                print(f"{'bare Tornado stream (floor)':<36} {floor:.1f} KiB per stream; "
+                      f"this service adds {per_stream - floor:.1f} KiB")
             if any(n != 1 for n in ready) or min(ticks) != max(ticks):
                 print("some stream missed events", file=sys.stderr)
                 return 1
