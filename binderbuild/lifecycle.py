@@ -971,10 +971,11 @@ class Maintenance:
         self._saved: int | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.since: float | None = None
-        self._finished = asyncio.Event()
+        self._finished: asyncio.Event | None = None  # made by begin, in its loop
 
     def build_finished(self) -> None:
-        self._finished.set()
+        if self._finished is not None:
+            self._finished.set()
 
     @property
     def active(self) -> bool:
@@ -999,14 +1000,14 @@ class Maintenance:
             log.info("maintenance: no build starts until it ends; draining running builds")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + drain_timeout
+        finished = self._finished = asyncio.Event()
         while self.builds.running and loop.time() < deadline:
             # Woken by a finished build (build_finished); the manager counts it
             # out just after its hooks, hence the short re-check.
-            self._finished.clear()
+            finished.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._finished.wait(), min(0.5, max(0.0, deadline - loop.time()))
-                )
+                await asyncio.wait_for(finished.wait(), min(0.5, max(0.0, deadline - loop.time())))
+        self._finished = None
         if self.builds.running:
             count = self.builds.running
             self.end()
