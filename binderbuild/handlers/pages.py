@@ -29,12 +29,12 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 import jinja2
 from tornado.web import HTTPError, StaticFileHandler
-from traitlets import Dict, HasTraits, Unicode, validate
+from traitlets import Dict, HasTraits, List, Unicode, validate
 
 from binderbuild import __version__
 from binderbuild.errors import BinderBuildError
 from binderbuild.handlers.base import BaseHandler
-from binderbuild.handlers.build import PROFILE_NAME as _PROFILE_NAME
+from binderbuild.handlers.build import PROFILE_NAME
 from binderbuild.models import BuildRequest
 
 if TYPE_CHECKING:
@@ -106,6 +106,14 @@ class PageOptions(HasTraits):
         help="Base URL of the badge images in the snippets the home page generates. "
         "Default: this service's launch URL (BinderBuild.launch_host or the request's).",
     )
+    launch_profiles = List(
+        Dict(),
+        config=True,
+        help="""Resource profiles the home page offers (signed-in Binder): [{'name':
+        'small', 'display_name': 'Small: 1 CPU, 2 GB'}, ...], the names of the hub
+        spawner's BinderSpawnerMixin.profiles. The pick is sent as ?profile=NAME, and
+        the spawner decides (docs/persistent-servers.md). Empty: no picker.""",
+    )
     content_security_policy = Unicode(
         "default-src 'self'; script-src 'self' 'nonce-{nonce}' 'strict-dynamic'; "
         "style-src 'self' 'unsafe-inline'; img-src * data:; connect-src 'self'; "
@@ -133,6 +141,8 @@ class PageConfig:
     extra_static_path: str = ""
     extra_static_url_prefix: str = ""
     content_security_policy: str = ""
+    # (name, label) of the profiles the home page offers.
+    launch_profiles: tuple[tuple[str, str], ...] = ()
 
 
 def make_template_env(template_path: str = "") -> jinja2.Environment:
@@ -164,6 +174,11 @@ def page_config(options: PageOptions) -> PageConfig:
             options.extra_static_url_prefix if options.extra_static_path else ""
         ),
         content_security_policy=options.content_security_policy,
+        launch_profiles=tuple(
+            (str(p["name"]), str(p.get("display_name") or p["name"]))
+            for p in options.launch_profiles
+            if isinstance(p, dict) and PROFILE_NAME.fullmatch(str(p.get("name", "")))
+        ),
     )
 
 
@@ -480,6 +495,7 @@ class HomeHandler(PageHandler):
         }
         self.render_page(
             "index.html",
+            profiles=self.pages.launch_profiles,
             providers=providers,
             page_config=script_json(config),
             badge_url=self.static_url("images/badge_logo.svg"),
@@ -516,7 +532,7 @@ class LoadingHandler(PageHandler):
         # ?profile=: a resource profile of the hub's spawner, passed on to the
         # launch (docs/persistent-servers.md); the spawner validates it.
         profile = self.get_argument("profile", "")
-        build_query = f"?profile={profile}" if _PROFILE_NAME.fullmatch(profile) else ""
+        build_query = f"?profile={profile}" if PROFILE_NAME.fullmatch(profile) else ""
         config = {
             "baseUrl": base_url,
             "provider": provider_id,

@@ -101,7 +101,11 @@ function onSubmit(event) {
   const spec = makeSpec(provider, fields.repository.value, fields.ref.value);
   // The page's own origin (base_url), not launch_host: launching never
   // leaves the site the user is on.
-  window.location.assign(launchUrl(config.baseUrl, provider.id, spec, fields.path.value, fields.pathType.value));
+  let url = launchUrl(config.baseUrl, provider.id, spec, fields.path.value, fields.pathType.value);
+  // The resource profile picked (signed-in Binder): the hub's spawner checks it.
+  const profile = $('profile');
+  if (profile && profile.value) url += `${url.includes('?') ? '&' : '?'}profile=${encodeURIComponent(profile.value)}`;
+  window.location.assign(url);
 }
 
 async function refreshProviders() {

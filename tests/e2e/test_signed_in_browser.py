@@ -26,6 +26,26 @@ from tests.service import BinderBuildService
 pytestmark = [pytest.mark.browser, pytest.mark.hub, pytest.mark.docker]
 
 
+# The spawner's profiles, offered on binderbuild's home page too.
+PROFILES = [
+    {"name": "small", "display_name": "Small", "cpu_limit": 0.5, "mem_limit": "512M"},
+    {"name": "large", "display_name": "Large", "cpu_limit": 1, "mem_limit": "1G"},
+]
+
+
+def remove_containers(hub: LoginHub, docker_client: Any) -> None:
+    """The hub's containers, removed; listing races with containers that go
+    meanwhile (the engine answers 404 for one of the list), so try again."""
+    import docker.errors
+
+    for _ in range(5):
+        try:
+            hub.remove_containers(docker_client)
+            return
+        except docker.errors.NotFound:
+            continue
+
+
 class SignedIn:
     def __init__(self, hub: LoginHub, service: BinderBuildService, password: str) -> None:
         self.hub, self.service, self.password = hub, service, password
@@ -38,7 +58,10 @@ def signed_in(tmp_path_factory: pytest.TempPathFactory, docker_client: Any) -> I
     hub = LoginHub(
         workdir / "hub",
         service_url=f"http://127.0.0.1:{port}/",
-        extra="c.BinderSpawnerMixin.storage_limit = '64M'\n",
+        extra=(
+            "c.BinderSpawnerMixin.storage_limit = '64M'\n"
+            f"c.BinderSpawnerMixin.profiles = {PROFILES!r}\n"
+        ),
     )
     hub.use_login(NativeLogin(admin_users=("admin",)))
     password = ensure_admin(hub.db_url, "admin", workdir / "admin-password")
@@ -47,14 +70,16 @@ def signed_in(tmp_path_factory: pytest.TempPathFactory, docker_client: Any) -> I
     try:
         start_or_fail(hub)
         service = BinderBuildService(
-            workdir / "bb", binderbuild_config(hub, port), port=port
+            workdir / "bb",
+            binderbuild_config(hub, port, f"c.BinderBuild.launch_profiles = {PROFILES!r}\n"),
+            port=port,
         ).start()
         yield SignedIn(hub, service, password)
     finally:
         if service is not None:
             service.stop()
         hub.stop()
-        hub.remove_containers(docker_client)
+        remove_containers(hub, docker_client)
         storage = hub.workdir / "storage"
         if storage.exists():
             import subprocess
@@ -71,14 +96,14 @@ def test_signed_in_user_comes_back_to_her_files(
     name = f"e2e-persist-{marker}"
     make_repo(git_server.root, name, dockerfile_repo_files(marker))
     repo = git_server.git_url(name)
-    repo_url = f"{signed_in.service.url}/v2/git/{quote(repo, safe='')}"
-    loading_url = f"{repo_url}/main"
+    loading_url = f"{signed_in.service.url}/v2/git/{quote(repo, safe='')}/main"
     hub_url = signed_in.hub.url
     run = InteractiveScenario(
         "signed_in",
         {
             "loadingUrl": loading_url,
-            "repoUrl": repo_url,
+            "homeUrl": f"{signed_in.service.url}/",
+            "repo": repo,
             "hubUrl": hub_url,
             "username": "admin",
             "password": signed_in.password,
@@ -95,6 +120,10 @@ def test_signed_in_user_comes_back_to_her_files(
     run.answer(sha)
     try:
         r = run.result(600)
+        running = signed_in.hub.containers(docker_client, all=False)
+        limits = [
+            (c.attrs["HostConfig"]["CpuQuota"], c.attrs["HostConfig"]["Memory"]) for c in running
+        ]
     finally:
         # The two images of this repository (built under the hub's prefix).
         for image in docker_client.api.images():
@@ -117,3 +146,7 @@ def test_signed_in_user_comes_back_to_her_files(
     assert r["newFile"] == {"status": 200, "content": "added by the second commit\n"}
     assert r["repoAfterRebuild"] == {"status": 200, "content": marker + "\n"}
     assert r["errors"] == [] or all("favicon" in e or "404" in e for e in r["errors"]), r["errors"]
+    # The profile picked on the home page reached the spawner: "large"'s limits.
+    assert r["profiles"] == [["small", "Small"], ["large", "Large"]]
+    assert "profile=large" in r["launchedFrom"], r["launchedFrom"]
+    assert limits == [(100_000, 1024**3)], limits

@@ -2,7 +2,7 @@
 // make a file there, stop the server on the hub's home page, start it again
 // there, find the file and the repository's files; then (after the test
 // pushes a new commit) launch the repository again and find the file still.
-// Params: {loadingUrl, repoUrl (loading URL without the ref), hubUrl, username, password, artifacts}
+// Params: {loadingUrl, homeUrl (binderbuild's), repo (clone URL), hubUrl, username, password, artifacts}
 import path from 'node:path';
 
 import { params, run, waitFor } from './lib.mjs';
@@ -66,8 +66,18 @@ await run(async ({ page }) => {
   // 5. A new commit of the repository, launched again.
   // (The test answers with the commit's SHA: the branch's resolution may
   // still be cached for a while.)
+  // Launched from binderbuild's home page, picking the "large" profile.
   const sha = (await waitFor('new commit')).trim();
-  await page.goto(`${p.repoUrl}/${sha}`);
+  await page.goto(p.homeUrl);
+  await page.waitForSelector('html[data-ready="true"]');
+  const profiles = await page.$$eval('#profile option', (os) => os.map((o) => [o.value, o.textContent]));
+  await page.selectOption('#provider', 'git');
+  await page.fill('#repository', p.repo);
+  await page.fill('#ref', sha);
+  await page.selectOption('#profile', 'large');
+  await page.click('#launch');
+  await page.waitForURL(/\/v2\//);
+  const launchedFrom = page.url();
   const rebuilt = await waitForServer(page, userPrefix);
   const mineAfterRebuild = await contents(page, rebuilt, 'GET', 'mine.txt');
   const newFile = await contents(page, rebuilt, 'GET', 'NEW.md');
@@ -76,6 +86,6 @@ await run(async ({ page }) => {
   return {
     loginUrl, server, name, created: created.status, stoppedRow,
     again, mineAfterRestart, repoAfterRestart,
-    rebuilt, mineAfterRebuild, newFile, repoAfterRebuild,
+    rebuilt, mineAfterRebuild, newFile, repoAfterRebuild, profiles, launchedFrom,
   };
 });
