@@ -619,7 +619,7 @@ if DockerSpawner is not None:
             "",
             config=True,
             help="""Where a server's persistent storage is mounted in its container. Empty:
-            the image's HOME (repo2docker images: /home/jovyan, where the repository is).""",
+            the image's HOME (where repo2docker images have the repository).""",
         )
         storage_seed_timeout = Float(
             120.0,

@@ -66,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-limit", type=float, default=1.0, help="CPUs of each server")
     parser.add_argument("--pids-limit", type=int, default=512, help="processes of each server")
     parser.add_argument(
+        "--storage-limit",
+        default="",
+        help="signed-in servers: size of each server's storage, e.g. 1G (empty: no limit; "
+        "docs/persistent-servers.md)",
+    )
+    parser.add_argument(
         "--registry-credentials-file",
         default="",
         help="file with user:password for the engine's pulls of server images",
@@ -120,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         mem_limit=args.mem_limit,
         cpu_limit=args.cpu_limit,
         pids_limit=args.pids_limit,
+        storage_limit=args.storage_limit,
         registry_credentials_file=args.registry_credentials_file,
         pull_policy=args.pull_policy,
         container_prefix=args.container_prefix,

@@ -48,3 +48,30 @@ def test_server_name_of_a_repository_is_stable_and_a_valid_hub_server_name() -> 
     assert server_name_for_repo("https://github.com/a/b.git") == same
     assert server_name_for_repo("https://github.com/a/b/") == same
     assert server_name_for_repo("https://gitlab.com/a/b") != same
+
+
+def test_signed_in_hub_keeps_servers_storage_and_anonymous_hub_does_not(tmp_path: Path) -> None:
+    signed_in = HubConfig(
+        tmp_path, "t" * 64, ["x-"], hub_ip="10.9.0.1", auth_enabled=True, storage_limit="1G"
+    )
+    c = load(render(signed_in))
+    assert c.BinderSpawnerMixin.persistent_storage is True
+    assert c.BinderSpawnerMixin.storage_limit == "1G"
+    assert c.BinderDockerSpawner.storage_dir == str(tmp_path.resolve() / "storage")
+    # Anonymous: not a line of it (temporary users, nothing kept).
+    anonymous = render(HubConfig(tmp_path, "t" * 64, ["x-"], hub_ip="10.9.0.1"))
+    assert "persistent_storage" not in anonymous and "storage_" not in anonymous
+
+
+def test_cli_writes_the_storage_limit(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "jupyterhub_config.py"
+    subprocess.run(
+        [sys.executable, "-m", "binderbuild.hubconfig", "--out", str(out), "--data-dir",
+         str(tmp_path), "--token-file", str(tmp_path / "token"), "--image-prefix", "x-",
+         "--docker-network", "host", "--auth-enabled", "--storage-limit", "2G"],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    assert "c.BinderSpawnerMixin.storage_limit = '2G'" in out.read_text()
