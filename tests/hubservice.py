@@ -240,10 +240,13 @@ class HubService:
 
     def containers(self, docker_client: Any, all: bool = True) -> list[Any]:
         """This hub's server containers (running or not)."""
+        # Filtered by the engine: listing inspects each container it returns,
+        # and one of another test going meanwhile would fail the list (404).
+        prefix = self.container_prefix + "-"
         return [
             c
-            for c in docker_client.containers.list(all=all)
-            if c.name.startswith(self.container_prefix + "-")
+            for c in docker_client.containers.list(all=all, filters={"name": prefix})
+            if c.name.startswith(prefix)
         ]
 
     def remove_containers(self, docker_client: Any) -> None:
