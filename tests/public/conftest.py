@@ -28,6 +28,7 @@ import os
 import shlex
 import signal
 import ssl
+import string
 import subprocess
 import time
 from collections.abc import Iterator
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import escapism
 import pytest
 
 from tests.realservices import free_port
@@ -403,15 +405,34 @@ class PublicStack:
     def launch_path(self, repo_url: str, ref: str = "main") -> str:
         return f"/build/git/{quote(repo_url, safe='')}/{ref}"
 
-    def remove_users(self) -> None:
-        """Stops every server of this hub (their containers go with them)."""
+    def hub_users(self) -> set[str]:
         try:
-            users = self.hub_api("GET", "users").json()
-        except (OSError, ValueError):
-            return
-        for user in users:
-            if user.get("kind", "user") == "user":
-                self.hub_api("DELETE", f"users/{quote(user['name'])}")
+            return {u["name"] for u in self.hub_api("GET", "users").json()}
+        except (OSError, ValueError, KeyError, TypeError):
+            return set()
+
+
+def server_container_name(user: str) -> str:
+    """DockerSpawner's container name for a user's default server under
+    run.sh's prefix ``binder`` (its escaping: lowercase letters and digits
+    kept, anything else ``-XX``)."""
+    safe = set(string.ascii_lowercase + string.digits)
+    return "binder-" + escapism.escape(user, safe=safe, escape_char="-").lower()
+
+
+def remove_servers(stack: PublicStack, docker_client: Any) -> None:
+    """Stops the stack and removes its users' server containers (the state
+    goes with the temporary directory, so the hub need not stop them)."""
+    if stack.proc is not None and stack.proc.poll() is None:
+        stack.users |= stack.hub_users()
+    stack.stop()
+    names = {server_container_name(user) for user in stack.users}
+    for container in docker_client.containers.list(all=True):
+        if container.name in names:
+            try:
+                container.remove(force=True)
+            except Exception:
+                pass
 
 
 @pytest.fixture(scope="module")
@@ -432,18 +453,7 @@ def public_stack(
     stack.install()
     stack.start()
     yield stack
-    if stack.proc is not None and stack.proc.poll() is None:
-        stack.remove_users()
-        time.sleep(2)
-    stack.stop()
-    # Servers left by a test that failed with the stack stopped: DockerSpawner
-    # names them binder-<user> (run.sh's container prefix).
-    for container in docker_client.containers.list(all=True):
-        if any(container.name == f"binder-{user}" for user in stack.users):
-            try:
-                container.remove(force=True)
-            except Exception:
-                pass
+    remove_servers(stack, docker_client)
     prefix = f"127.0.0.1:{stack.registry_port}/"
     for image in docker_client.images.list():
         if any(tag.startswith(prefix) for tag in image.tags):

@@ -1,7 +1,7 @@
 """Signed-in mode (run.sh --auth) behind the public origin: the OAuth round
 trip between binderbuild and the hub uses the configured origin, whatever
 Host a request names (issue 17). Its own stack, from the installed unit
-with BINDERBUILD_AUTH=1, without a registry (nothing is built here)."""
+with BINDERBUILD_AUTH=1 (nothing is built or launched here)."""
 
 from __future__ import annotations
 
