@@ -356,3 +356,39 @@ async def test_culler_stops_idle_named_servers_of_signed_in_users_and_keeps_them
         await launcher.close()
         await asyncio.to_thread(hub.delete_user, user)
         _unmount_all(hub.workdir / "storage")
+
+
+@run_async
+async def test_failed_launch_keeps_the_users_stopped_server_and_its_files(
+    auth_hub: HubService,
+    repo_images: tuple[str, str],
+    make_image: Callable[..., str],
+    docker_client: Any,
+) -> None:
+    hub = auth_hub
+    user = new_user(hub)
+    repo_url = f"https://git.example.org/team/keep-{secrets.token_hex(2)}"
+    launcher = signed_in_launcher(hub)
+    broken = make_image(['CMD ["sh", "-c", "echo broken build; exit 3"]'], "broken")
+    try:
+        first = await launch(launcher, fake_request(repo_images[0], repo_url, user))
+        name = first.server_name
+        box = container_of(hub, docker_client, user, name)
+        assert sh(box, "echo precious > ~/precious.txt")[0] == 0
+        await asyncio.to_thread(stop_server, hub, user, name)
+        await eventually(lambda: is_stopped(hub, user, name), 30, "the stop")
+        # A new build of the repository that does not start: the launch
+        # fails with the reason, and the user's server is stopped, not deleted.
+        _, failed = await run_launch(launcher, fake_request(broken, repo_url, user))
+        assert isinstance(failed, LaunchFailed), failed
+        assert "exited with status 3" in failed.message, failed.message
+        await launcher.close()  # waits for the failed launch's cleanup
+        assert is_stopped(hub, user, name)
+        assert Path(f"{storage_of(hub, user, name)}.ext4").exists()
+        launcher = signed_in_launcher(hub)
+        again = await launch(launcher, fake_request(repo_images[0], repo_url, user))
+        box = container_of(hub, docker_client, user, again.server_name)
+        assert sh(box, "cat ~/precious.txt")[1] == "precious\n"
+    finally:
+        await launcher.close()
+        await asyncio.to_thread(hub.delete_user, user)
