@@ -9,18 +9,33 @@ ghost.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import signal
+import sqlite3
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 
+from binderbuild.history import DB_NAME
 from tests.api.helpers import build_status, call, post_build, slow_repo_files, wait_for
 from tests.chaos.test_build_crash import AUTH, crash_config
 from tests.realservices import dockerfile_repo_files, make_repo
 
 pytestmark = [pytest.mark.docker]
+
+
+def stored_state(svc: Any, build_id: str) -> str | None:
+    """The state the history database holds for a build (read-only, as a
+    backup tool would read it)."""
+    path = svc.workdir / "var" / DB_NAME
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            row = db.execute("SELECT state FROM builds WHERE id = ?", (build_id,)).fetchone()
+    except sqlite3.Error:
+        return None
+    return str(row[0]) if row else None
 
 
 def test_killed_with_a_build_in_the_queue(
@@ -44,6 +59,10 @@ def test_killed_with_a_build_in_the_queue(
     queued = second.json()["id"]
     status = build_status(svc.url, queued)
     assert status["state"] == "queued" and status["queue_position"] == 1, status
+    # Written ahead: handed to the history's database thread when it was
+    # queued. On two busy cores that thread may take a moment; the kill comes
+    # once the row is on disk (a kill within those milliseconds would lose it).
+    wait_for("the queued build's row", lambda: stored_state(svc, queued) == "queued", 10)
 
     svc.proc.send_signal(signal.SIGKILL)
     svc.proc.wait(10)
