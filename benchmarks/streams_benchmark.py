@@ -70,7 +70,7 @@ class SleepingBuilder(Builder):
 
 
 # Loaded by the service (first on its PYTHONPATH) under --tracemalloc.
-_TRACE_HOOK = '''
+_TRACE_HOOK = """
 import os, signal, tracemalloc
 _dir = os.environ.get("BINDERBUILD_BENCH_TRACE_DIR")
 if _dir:
@@ -83,7 +83,7 @@ if _dir:
         os.rename(os.path.join(_dir, "snap-%d.tmp" % _n[0]), os.path.join(_dir, "snap-%d" % _n[0]))
 
     signal.signal(signal.SIGUSR1, _dump)
-'''
+"""
 
 
 def trace_snapshot(pid: int, directory: Path, number: int) -> Any:
@@ -103,15 +103,17 @@ def trace_snapshot(pid: int, directory: Path, number: int) -> Any:
 def print_trace(before: Any, after: Any, streams: int, frames: int) -> None:
     stats = after.compare_to(before, "traceback" if frames > 1 else "lineno")
     grown = sum(s.size_diff for s in stats)
-    print(f"tracemalloc: +{grown / 1024 / 1024:.1f} MiB in Python objects, "
-          f"{grown / streams / 1024:.2f} KiB per stream; largest sites per stream:")
+    print(
+        f"tracemalloc: +{grown / 1024 / 1024:.1f} MiB in Python objects, "
+        f"{grown / streams / 1024:.2f} KiB per stream; largest sites per stream:"
+    )
     for stat in stats[:25]:
         if stat.size_diff <= 0:
             continue
-        where = " <- ".join(
-            f"{Path(f.filename).name}:{f.lineno}" for f in stat.traceback[:frames]
+        where = " <- ".join(f"{Path(f.filename).name}:{f.lineno}" for f in stat.traceback[:frames])
+        print(
+            f"  {stat.size_diff / streams:8.0f} B  {stat.count_diff / streams:6.2f} objs  {where}"
         )
-        print(f"  {stat.size_diff / streams:8.0f} B  {stat.count_diff / streams:6.2f} objs  {where}")
 
 
 async def serve_floor(port: int) -> None:
@@ -310,17 +312,23 @@ def main(argv: list[str] | None = None) -> int:
             ticks = clients.counts(b"tick ")
             keepalives = clients.counts(b":keepalive")
             print(f"{args.streams} event streams following one build (opened in {opened:.1f}s):")
-            print(f"{'service RSS before / with streams':<36} {base_rss / 1024:.1f} MiB / "
-                  f"{open_rss / 1024:.1f} MiB  (+{(open_rss - base_rss) / 1024:.1f} MiB)")
+            print(
+                f"{'service RSS before / with streams':<36} {base_rss / 1024:.1f} MiB / "
+                f"{open_rss / 1024:.1f} MiB  (+{(open_rss - base_rss) / 1024:.1f} MiB)"
+            )
             print(f"{'RSS per stream':<36} {per_stream:.1f} KiB")
             print(f"{'descriptors per stream':<36} {(open_fds_now - base_fds) / args.streams:.2f}")
-            print(f"{'streams that got ready':<36} {sum(1 for n in ready if n == 1)} of {args.streams}")
+            print(
+                f"{'streams that got ready':<36} {sum(1 for n in ready if n == 1)} of {args.streams}"
+            )
             print(f"{'events per stream (ticks)':<36} min={min(ticks)} max={max(ticks)}")
             print(f"{'keepalives per stream':<36} min={min(keepalives)} max={max(keepalives)}")
             if args.floor:
                 floor = measure_floor(args.streams)
-                print(f"{'bare Tornado stream (floor)':<36} {floor:.1f} KiB per stream; "
-                      f"this service adds {per_stream - floor:.1f} KiB")
+                print(
+                    f"{'bare Tornado stream (floor)':<36} {floor:.1f} KiB per stream; "
+                    f"this service adds {per_stream - floor:.1f} KiB"
+                )
             if any(n != 1 for n in ready) or min(ticks) != max(ticks):
                 print("some stream missed events", file=sys.stderr)
                 return 1

@@ -256,11 +256,12 @@ class WarmPoolLauncher(LoggingConfigurable, Launcher, metaclass=_LauncherMeta):
         "launches cold.",
     )
     concurrent_starts = Integer(
-        4,
+        2,
         config=True,
         help="Pooled servers starting at once in all pools together (refills and starts "
-        "for waiting launches). Every start is a container and a Jupyter server starting; "
-        "on a small machine many at once make each of them slower.",
+        "for waiting launches). Every start is a container and a Jupyter server starting "
+        "(about 2.5 CPU-seconds each): many at once make each of them slower, and on a "
+        "small machine all of them later than one after another would.",
     )
 
     def __init__(

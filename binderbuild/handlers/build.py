@@ -62,6 +62,7 @@ class _Keepalives:
 
 _keepalives: dict[tuple[asyncio.AbstractEventLoop, float], _Keepalives] = {}
 
+
 class _SentHeaders(HTTPHeaders):
     """The response headers of every stream once they are written (Tornado
     reads a handler's headers only until then). Stays empty: a header set
@@ -143,9 +144,7 @@ class EventStreamHandler(BaseHandler):
                 raise
             except Exception as exc:
                 log.exception("event stream crashed")
-                await self._send(
-                    encode_sse(failed(f"Internal error: {type(exc).__name__}", 500))
-                )
+                await self._send(encode_sse(failed(f"Internal error: {type(exc).__name__}", 500)))
             await self._send(NO_RECONNECT)
         except StreamClosedError:
             log.debug("client left the event stream")

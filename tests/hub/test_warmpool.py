@@ -39,14 +39,18 @@ def status_of(url: str, headers: dict[str, str] | None = None) -> int:
         return int(exc.code)
 
 
-def preparer(requests: dict[str, LaunchRequest]) -> Callable[[str], Awaitable[LaunchRequest | None]]:
+def preparer(
+    requests: dict[str, LaunchRequest],
+) -> Callable[[str], Awaitable[LaunchRequest | None]]:
     async def prepare(spec: str) -> LaunchRequest | None:
         return requests.get(spec)
 
     return prepare
 
 
-def make_pool(hub: HubService, launcher: HubLauncher | None = None, **options: Any) -> WarmPoolLauncher:
+def make_pool(
+    hub: HubService, launcher: HubLauncher | None = None, **options: Any
+) -> WarmPoolLauncher:
     options.setdefault("backoff_initial", 0.5)
     options.setdefault("refresh_interval", 0.5)
     return WarmPoolLauncher(inner=launcher or make_launcher(hub), **options)
@@ -120,7 +124,9 @@ async def test_warm_launch_hands_out_a_server_reachable_only_with_its_token(
         assert elapsed < 2.0, elapsed
         assert pool.pooled(plain_image) == []  # taken out of the pool
         # The token minted at hand-out opens the server, nothing else does.
-        assert status_of(result.url + "api/status", {"Authorization": f"token {result.token}"}) == 200
+        assert (
+            status_of(result.url + "api/status", {"Authorization": f"token {result.token}"}) == 200
+        )
         assert status_of(result.url + f"api/status?token={result.token}") == 200
         assert status_of(result.url + "api/status") in (302, 401, 403)
         assert len(user_tokens(hub, result.user)) == 1
@@ -218,7 +224,9 @@ async def test_cold_when_the_pool_is_empty_or_the_hub_refuses(
         users.append(result.user)
         assert not result.warm
         assert result.user != pooled.user
-        assert status_of(result.url + "api/status", {"Authorization": f"token {result.token}"}) == 200
+        assert (
+            status_of(result.url + "api/status", {"Authorization": f"token {result.token}"}) == 200
+        )
         stats = {s.image: s for s in pool.stats()}[plain_image]
         # (The first launch came before the pool existed: not a miss.)
         assert (stats.hits, stats.misses) == (0, 1)

@@ -81,7 +81,9 @@ async def serve(
 
 async def open_stream(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET /events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n")
+    writer.write(
+        b"GET /events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n"
+    )
     await writer.drain()
     return reader, writer
 
@@ -152,7 +154,9 @@ def test_events_without_ids_need_no_wrapper_and_headers_are_not_kept() -> None:
         assert len(loop._asyncgens) - before == 10, len(loop._asyncgens) - before
         source.add(event(Phase.READY, "done\n"))
         for reader, writer in clients:
-            head, _, body = (await asyncio.wait_for(reader.read(), 5)).decode().partition("\r\n\r\n")
+            head, _, body = (
+                (await asyncio.wait_for(reader.read(), 5)).decode().partition("\r\n\r\n")
+            )
             # The headers still reach the client (they are dropped only once written).
             assert "Content-Type: text/event-stream" in head
             assert "Cache-Control: no-cache" in head
