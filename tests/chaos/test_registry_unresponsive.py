@@ -45,7 +45,7 @@ PREFIX = "bbchaos-"
 
 
 @pytest.fixture
-def own_registry(tmp_path: Path) -> Iterator[RegistryServer]:
+def own_registry(tmp_path: Path, docker_client: Any) -> Iterator[RegistryServer]:
     server = RegistryServer(tmp_path / "own-registry")
     server.start()
     try:
@@ -55,6 +55,11 @@ def own_registry(tmp_path: Path) -> Iterator[RegistryServer]:
             assert server._proc is not None
             os.kill(server._proc.pid, signal.SIGCONT)
         server.stop()
+        # The engine's tags of this registry's images go with it.
+        for image in docker_client.images.list():
+            for tag in image.tags:
+                if tag.startswith(f"{server.host}/"):
+                    docker_client.images.remove(tag, noprune=False)
 
 
 def freeze(registry: RegistryServer) -> None:
