@@ -117,6 +117,16 @@ def container_of(hub: HubService, docker_client: Any, user: str, server: str) ->
     return running[0]
 
 
+def remove_user(hub: HubService, user: str) -> None:
+    """Delete the user and each named server (the hub refuses to delete a user
+    whose named server is running)."""
+    status, model = hub.api("GET", f"users/{user}?include_stopped_servers=1")
+    for name in (model or {}).get("servers") or {} if status == 200 else {}:
+        if name:
+            hub.api("DELETE", f"users/{user}/servers/{name}", {"remove": True})
+    hub.delete_user(user)
+
+
 def storage_of(hub: HubService, user: str, server: str) -> Path:
     """The storage directory of a server (its mount point, with storage_limit)."""
     return hub.workdir / "storage" / storage_key(user, server)
@@ -261,7 +271,7 @@ async def test_servers_per_user_limit_counts_running_servers(
         assert is_stopped(hub, user, first.server_name)
     finally:
         await launcher.close()
-        await asyncio.to_thread(hub.delete_user, user)
+        await asyncio.to_thread(remove_user, hub, user)
 
 
 @run_async
@@ -291,7 +301,7 @@ async def test_storage_memory_and_cpu_limits_are_enforced(
         assert sh(box, "rm $HOME/big && echo ok > $HOME/small && cat $HOME/small")[1] == "ok\n"
     finally:
         await launcher.close()
-        await asyncio.to_thread(hub.delete_user, user)
+        await asyncio.to_thread(remove_user, hub, user)
 
 
 @run_async
@@ -325,7 +335,7 @@ async def test_spawner_refuses_more_than_a_profile_allows(
         assert sh(box, "df -k --output=size $HOME | tail -1")[1].strip() != ""
     finally:
         await launcher.close()
-        await asyncio.to_thread(hub.delete_user, user)
+        await asyncio.to_thread(remove_user, hub, user)
 
 
 @run_async
@@ -354,7 +364,7 @@ async def test_culler_stops_idle_named_servers_of_signed_in_users_and_keeps_them
         assert sh(box, "cat ~/kept.txt")[1] == "kept\n"
     finally:
         await launcher.close()
-        await asyncio.to_thread(hub.delete_user, user)
+        await asyncio.to_thread(remove_user, hub, user)
         _unmount_all(hub.workdir / "storage")
 
 
@@ -391,4 +401,4 @@ async def test_failed_launch_keeps_the_users_stopped_server_and_its_files(
         assert sh(box, "cat ~/precious.txt")[1] == "precious\n"
     finally:
         await launcher.close()
-        await asyncio.to_thread(hub.delete_user, user)
+        await asyncio.to_thread(remove_user, hub, user)
