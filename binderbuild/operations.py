@@ -134,11 +134,15 @@ class BinderBuildWebApp(tornado.web.Application):
         self.add_transform(_RequestIdTransform)
 
     def log_request(self, handler: tornado.web.RequestHandler) -> None:
-        # A 503 from /health reports a dependency that is down (its answer,
-        # not a failure of this service): WARNING, as Tornado logs a 4xx.
-        # Every other answer is logged as Tornado does.
+        # A 5xx that is one of binderbuild's own answers (a dependency down, a
+        # repository unreachable, /health reporting an outage) is the
+        # service working as it should: WARNING, as Tornado logs a 4xx, so
+        # ERROR lines mean a crash. Every other answer is logged as Tornado does.
         status = handler.get_status()
-        if status != 503 or not handler.request.path.endswith("/health"):
+        known = getattr(handler, "answered_known_error", False) or (
+            status == 503 and handler.request.path.endswith("/health")
+        )
+        if status < 500 or not known:
             super().log_request(handler)
             return
         tornado.log.access_log.warning(

@@ -338,6 +338,11 @@ class BuildsHandler(ApiHandler):
             self.api.claim_forced_rebuild(located.ref.provider_id, self.api.repo_of(located.ref))
         build, created = await pipeline.ensure_build(located, force=force)
         if build is not None:
+            if created:
+                # The write-ahead row (queued or running) is on disk before
+                # the caller hears of the build: a crash right after the
+                # answer still leaves it in the history, marked interrupted.
+                await self.ctx.history.flush()
             return self._respond(build, created)
 
         # The image exists. Give the caller a build id for it: the running

@@ -27,6 +27,11 @@ log = logging.getLogger("binderbuild.web")
 
 
 class BaseHandler(RequestHandler):
+    # Set when the answer is one of binderbuild's own errors (a dependency
+    # down, a repository unreachable): the access log then says WARNING, not
+    # ERROR, for its 5xx (BinderBuildWebApp.log_request). A crash keeps ERROR.
+    answered_known_error = False
+
     @property
     def ctx(self) -> Services:
         return self.settings["binderbuild"]  # type: ignore[no-any-return]  # Tornado settings are untyped
@@ -86,6 +91,7 @@ class BaseHandler(RequestHandler):
         """Answer with ``exc``'s status and message (also used by handlers that
         must answer an error without raising, e.g. inside a stream)."""
         status = error_status(exc)
+        self.answered_known_error = True
         self._error_headers(exc)
         self.write_json({"message": exc.message, "status_code": status}, status)
 
@@ -101,6 +107,7 @@ class BaseHandler(RequestHandler):
         exc = exc_info[1] if exc_info else None
         if isinstance(exc, BinderBuildError):
             status = error_status(exc)
+            self.answered_known_error = True
             self.set_status(status)
             self._error_headers(exc)
             return status, exc.message
