@@ -265,6 +265,12 @@ class Pipeline:
         """
         image = located.image
         if not force:
+            active = self.builds.active_for(image.build_name)
+            if active is not None and not active.forced:
+                # The image was missing when this build started: join it
+                # without asking the store again (a popular badge during a
+                # build would otherwise cost one engine/registry call per viewer).
+                return active, False
             exists = await self.image_exists(image)
             if exists or image.name in self.known_images:
                 return None, False

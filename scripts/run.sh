@@ -64,7 +64,9 @@
 # BINDERBUILD_OIDC_ISSUER (its issuer URL), BINDERBUILD_OIDC_CLIENT_ID,
 # BINDERBUILD_OIDC_CLIENT_SECRET_FILE and BINDERBUILD_OIDC_ALLOWED_GROUPS
 # (comma-separated; BINDERBUILD_OIDC_ADMIN_GROUPS likewise) sign people in
-# there instead, and no local admin is made.
+# there instead, and no local admin is made. BINDERBUILD_STORAGE_LIMIT (e.g.
+# 5G; unset: no limit) caps each signed-in server's persistent storage
+# (docs/persistent-servers.md).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -356,6 +358,11 @@ if [ "$AUTH" = 1 ] && [ -n "$OIDC_ISSUER" ]; then
     for g in "${_groups[@]}"; do [ -n "$g" ] && LOGIN_ARGS+=(--oauth-admin-group "$g"); done
 elif [ "$AUTH" = 1 ]; then
     LOGIN_ARGS=(--login native --admin-user admin --service-url "$BB_PUBLIC_URL")
+fi
+if [ "$AUTH" = 1 ] && [ -n "${BINDERBUILD_STORAGE_LIMIT:-}" ]; then
+    # Each named server's files in a size-limited, loop-mounted volume
+    # (docs/persistent-servers.md); unset: plain directories, no limit.
+    LOGIN_ARGS+=(--storage-limit "$BINDERBUILD_STORAGE_LIMIT")
 fi
 "$PY" -m binderbuild.hubconfig \
     --out "$STATE/hub/jupyterhub_config.py" \

@@ -29,7 +29,7 @@ def signed_in_stack(
     ca: CertAuthority = make_test_ca(base / "ca")
     stack = PublicStack(base / "stack", ca, "127.0.0.1:9")
     stack.base.mkdir(parents=True, exist_ok=True)
-    stack.install(BINDERBUILD_AUTH="1")
+    stack.install(BINDERBUILD_AUTH="1", BINDERBUILD_STORAGE_LIMIT="64M")
     stack.start()
     yield stack
     stack.stop()
@@ -107,3 +107,9 @@ def test_login_round_trip_names_only_the_public_origin(signed_in_stack: PublicSt
     # Signed in: binderbuild's home page answers.
     status, _, page = fetch(f"{origin}/")
     assert status == 200, page[:1000]
+
+
+def test_storage_limit_reaches_the_hubs_spawner(signed_in_stack: PublicStack) -> None:
+    """run.sh --auth passes BINDERBUILD_STORAGE_LIMIT to every server's storage."""
+    config = signed_in_stack.state / "singlemachine" / "hub" / "jupyterhub_config.py"
+    assert "c.BinderSpawnerMixin.storage_limit = '64M'" in config.read_text()
