@@ -65,7 +65,7 @@ class RunOutcome(enum.StrEnum):
     ABANDONED = "abandoned"  # the client left (or the service stopped) first
 
 
-@dataclass
+@dataclass(slots=True)
 class StageTimings:
     """Seconds spent per stage, for metrics and the launch event log."""
 
@@ -124,6 +124,18 @@ class Located:
     target: Target
     ref: ResolvedRef
     image: ImageSpec
+
+
+@dataclass(slots=True, eq=False)
+class JoinedRun:
+    """A run that joined a build already running (``Pipeline.try_join``):
+    what a stream keeps while the build's events are written to it directly
+    (``Build.subscribe``), instead of a generator chain per stream."""
+
+    request: BuildRequest
+    ref: ResolvedRef
+    build: Build
+    build_started: float  # the pipeline's clock; resolve and registry cost nothing here
 
 
 def lookup_provider(providers: Mapping[str, RepoProvider], provider_id: str) -> RepoProvider:
@@ -251,7 +263,9 @@ class Pipeline:
             self.known_images.remember(image.name)
         return exists
 
-    async def ensure_build(self, located: Located, *, force: bool = False) -> tuple[Build | None, bool]:
+    async def ensure_build(
+        self, located: Located, *, force: bool = False
+    ) -> tuple[Build | None, bool]:
         """Start or join the build of ``located.image``: the one place that
         decides whether a request builds.
 
@@ -284,7 +298,9 @@ class Pipeline:
         # provider's ref) contributes fetch credentials for private repositories.
         ref = located.ref
         extra_env = tuple(located.target.provider.build_env(ref).items())
-        job = BuildJob(image=located.image, ref=ref, push=self.image_store.pushes, extra_env=extra_env)
+        job = BuildJob(
+            image=located.image, ref=ref, push=self.image_store.pushes, extra_env=extra_env
+        )
         return self.builds.submit(job)
 
     # --- the flow ---------------------------------------------------------
@@ -332,20 +348,104 @@ class Pipeline:
             outcome, error = RunOutcome.ABANDONED, exc
             raise
         finally:
-            report = RunReport(
-                request=request,
-                outcome=outcome,
-                timings=timings,
-                ref=located.ref if located else None,
-                image=located.image if located else None,
-                error=error,
-                warm=launched[0].warm if launched else None,
+            self._report(
+                request,
+                outcome,
+                timings,
+                located.ref if located else None,
+                located.image if located else None,
+                error,
+                launched,
             )
-            for observe in self.observers:
-                try:
-                    observe(report)
-                except Exception:
-                    log.exception("pipeline observer failed")
+
+    def _report(
+        self,
+        request: BuildRequest,
+        outcome: RunOutcome,
+        timings: StageTimings,
+        ref: ResolvedRef | None,
+        image: ImageSpec | None,
+        error: BaseException | None,
+        launched: Sequence[LaunchResult] = (),
+    ) -> None:
+        report = RunReport(
+            request=request,
+            outcome=outcome,
+            timings=timings,
+            ref=ref,
+            image=image,
+            error=error,
+            warm=launched[0].warm if launched else None,
+        )
+        for observe in self.observers:
+            try:
+                observe(report)
+            except Exception:
+                log.exception("pipeline observer failed")
+
+    # --- joining a running build without a generator per stream -------------
+
+    def try_join(self, target: Target) -> JoinedRun | None:
+        """The build ``target`` would join, when that is known without I/O:
+        its ref is in the resolve cache and a (not forced) build of its image
+        is running. None otherwise (``run`` then does the whole flow). The
+        caller follows ``JoinedRun.build`` itself (``Build.subscribe``) and
+        then walks ``after_join``, or calls ``abandon_join`` if it stops.
+        Same stages as ``run``: resolve and registry check cost nothing here
+        (cached, as ``ensure_build`` joins an active build without the store)."""
+        request = target.request
+        if request.force_rebuild:
+            return None
+        cached = self.resolve_cache.get((target.provider.provider_id, request.spec))
+        if not isinstance(cached, ResolvedRef):
+            return None
+        build_name = self.image_for(cached).build_name
+        build = self.builds.active_for(build_name)
+        if build is None or build.forced:
+            return None
+        # Only what the run's end needs is kept (no Target, Located, image
+        # or StageTimings per waiting stream).
+        return JoinedRun(request, cached, build, self.clock())
+
+    def _joined_timings(self, joined: JoinedRun) -> StageTimings:
+        timings = StageTimings(clock=self.clock)
+        timings.build = self.clock() - joined.build_started
+        return timings
+
+    def abandon_join(self, joined: JoinedRun, error: BaseException) -> None:
+        """The client of a joined run left (or the service stopped) while it
+        followed the build: report it as ``run`` would."""
+        timings = self._joined_timings(joined)
+        image = self.image_for(joined.ref)
+        self._report(joined.request, RunOutcome.ABANDONED, timings, joined.ref, image, error)
+
+    async def after_join(self, joined: JoinedRun) -> AsyncGenerator[ProgressEvent, None]:
+        """The rest of a joined run once its build has finished: ``failed``
+        (raised) or ``ready``/``built`` and the launch, as ``run`` goes on."""
+        request, ref, build = joined.request, joined.ref, joined.build
+        timings = self._joined_timings(joined)
+        image = self.image_for(ref)  # as run() names it (the same as the build's)
+        outcome: RunOutcome = RunOutcome.SUCCESS
+        error: BaseException | None = None
+        launched: list[LaunchResult] = []
+        try:
+            if build.state is not BuildState.SUCCEEDED:
+                raise build.error or BuildFailed("Build failed.")
+            if request.build_only or self.launcher is None:
+                yield event(Phase.READY, f"Image {image.name} is ready.\n", imageName=image.name)
+                return
+            yield event(Phase.BUILT, "Found built image, launching...\n", imageName=image.name)
+            with timings.measure("launch"):
+                async for ev in self._launch(request, ref, image, launched):
+                    yield ev
+        except BinderBuildError as exc:
+            outcome, error = RunOutcome.FAILURE, exc
+            raise
+        except BaseException as exc:  # GeneratorExit / CancelledError: client left
+            outcome, error = RunOutcome.ABANDONED, exc
+            raise
+        finally:
+            self._report(request, outcome, timings, ref, image, error, launched)
 
     def launch_request(
         self, request: BuildRequest, ref: ResolvedRef, image: ImageSpec

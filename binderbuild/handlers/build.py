@@ -12,10 +12,19 @@ from collections.abc import AsyncIterator
 from tornado.httputil import HTTPHeaders
 from tornado.iostream import StreamClosedError
 
+from binderbuild.builds import Build
 from binderbuild.errors import BinderBuildError, error_status
-from binderbuild.events import KEEPALIVE, NO_RECONNECT, ProgressEvent, encode_sse, failed
+from binderbuild.events import (
+    KEEPALIVE,
+    NO_RECONNECT,
+    Phase,
+    ProgressEvent,
+    encode_sse,
+    failed,
+)
 from binderbuild.handlers.base import BaseHandler
 from binderbuild.models import BuildRequest
+from binderbuild.pipeline import JoinedRun
 
 log = logging.getLogger("binderbuild.web")
 
@@ -106,6 +115,7 @@ class EventStreamHandler(BaseHandler):
     """
 
     _last_write = 0.0
+    _ended: Future[None] | None = None  # a joined build's end (stream_joined)
     _waiting = False  # suspended inside stream(): a client leaving may cancel it
     _client_left = False
 
@@ -114,11 +124,42 @@ class EventStreamHandler(BaseHandler):
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")  # nginx: do not buffer the stream
 
+    async def _catch_up(self, build: Build) -> None:
+        """Write the events ``build`` has so far. Each write is waited for (a
+        long log to a slow client is not buffered whole); the final event
+        ends the walk unwritten, as ``Pipeline.run`` does."""
+        index = 0
+        while index < len(build.events):
+            ev = build.events[index]
+            if ev.phase in (Phase.BUILT, Phase.FAILED) and build.state.finished:
+                break
+            await self._send(encode_sse(ev))
+            index += 1
+
+    def deliver(self, data: bytes) -> None:
+        """A live event of the followed build (``Build`` fan-out)."""
+        if not self._client_left:
+            self._push(data)
+
+    def build_ended(self) -> None:
+        ended = self._ended
+        if ended is not None and not ended.done():
+            ended.set_result(None)
+
     async def stream(
         self,
-        events: AsyncIterator[tuple[int | None, ProgressEvent]] | AsyncIterator[ProgressEvent],
+        events: AsyncIterator[tuple[int | None, ProgressEvent]]
+        | AsyncIterator[ProgressEvent]
+        | None,
+        joined: JoinedRun | None = None,
     ) -> None:
-        """Write ``events``: ``(id, event)`` pairs, or events without ids."""
+        """Write ``events``: ``(id, event)`` pairs, or events without ids.
+
+        Or, with ``joined`` (and no ``events``), a run that joined a running
+        build: the build's events so far, then its live events as the build
+        hands them out (this handler is a ``Build`` subscriber: no
+        generator, queue or task per stream while the build runs), then the
+        rest of the run (``Pipeline.after_join``)."""
         keepalives = _keepalives_for(self.ctx.settings.keepalive_interval)
         self._task = asyncio.current_task()
         self._last_write = keepalives.loop.time()
@@ -127,6 +168,32 @@ class EventStreamHandler(BaseHandler):
         try:
             final = False
             try:
+                if joined is not None:
+                    # Follow the build in this frame (no coroutine of its
+                    # own while it waits): catch up, then wait for its end
+                    # while the build writes its live events here (deliver).
+                    build = joined.build
+                    build.watch()
+                    try:
+                        await self._catch_up(build)
+                        # No await between the last catch-up write and
+                        # subscribing: no event can fall between them.
+                        if not build.state.finished:
+                            self._ended = keepalives.loop.create_future()
+                            build.subscribe(self)
+                            try:
+                                await self._ended
+                            finally:
+                                build.unsubscribe(self)
+                                self._ended = None
+                    except BaseException as exc:  # the client left, or the service stops
+                        self.ctx.pipeline.abandon_join(joined, exc)
+                        raise
+                    finally:
+                        build.unwatch()
+                    events = self.ctx.pipeline.after_join(joined)
+                    joined = None
+                assert events is not None
                 async for item in events:
                     if final:
                         continue  # nothing follows a final event on the wire
@@ -173,13 +240,20 @@ class EventStreamHandler(BaseHandler):
     def _send_keepalive(self) -> None:
         if self._client_left:
             return
+        self._push(KEEPALIVE)
+
+    def _push(self, data: bytes) -> None:
+        """Write without waiting for the flush (keepalives, a build's live
+        events); a failed flush means the client left."""
         self._last_write = self._keepalive_loop_time()
         try:
-            self.write(KEEPALIVE)
+            self.write(data)
             flushed = self.flush()
         except StreamClosedError:
             self._left()
             return
+        if self._headers is not _SENT:
+            self._headers = _SENT
         flushed.add_done_callback(self._keepalive_flushed)
 
     def _keepalive_flushed(self, fut: Future[None]) -> None:
@@ -203,6 +277,10 @@ PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 class BuildHandler(EventStreamHandler):
     async def get(self, *_route_args: str, **_route_kwargs: str) -> None:
+        # The spec is read from the path below; the route's decoded copies of
+        # the (long) URL would otherwise live as long as the stream.
+        del _route_args, _route_kwargs
+        self.path_args, self.path_kwargs = [], {}
         provider_id, spec = self.raw_provider_and_spec("build/")
         flag = self.get_argument("build_only", "false").lower()
         if flag not in _FLAG_VALUES:
@@ -256,4 +334,10 @@ class BuildHandler(EventStreamHandler):
         await self.ctx.admit(self, request)
         self.start_stream()
         # The Binder protocol's /build stream carries no event ids.
+        joined = self.ctx.pipeline.try_join(target)
+        if joined is not None:
+            # A build that already runs: follow it without a generator chain
+            # per stream (10,000 viewers of one build, docs/benchmarks.md).
+            await self.stream(None, joined)
+            return
         await self.stream(self.ctx.pipeline.run(target))

@@ -12,12 +12,18 @@ from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 import tornado.httpserver
 import tornado.web
 
+from binderbuild.errors import BuildFailed
 from binderbuild.events import Phase, ProgressEvent, event
 from binderbuild.handlers.build import EventStreamHandler
-from tests.unit.fakes import until
+from binderbuild.models import BuildRequest
+from binderbuild.pipeline import Pipeline, RunOutcome
+from tests.unit import test_pipeline
+from tests.unit.fakes import Script, until
+from tests.unit.test_pipeline import SPEC
 
 
 class Source:
@@ -164,5 +170,116 @@ def test_events_without_ids_need_no_wrapper_and_headers_are_not_kept() -> None:
             assert "id:" not in body
             writer.close()
         server.stop()
+
+    run(main())
+
+
+# --- /build streams that join a running build (Build subscribers) ---------------------
+
+
+class BuildStreamHandler(EventStreamHandler):
+    """What BuildHandler does with an admitted request: join a running build
+    as a subscriber when the pipeline can tell without I/O, else run."""
+
+    async def get(self) -> None:
+        pipeline: Pipeline = self.settings["pipeline"]
+        target = pipeline.validate(BuildRequest(provider_id="fake", spec=SPEC, build_only=True))
+        self.start_stream()
+        joined = pipeline.try_join(target)
+        if joined is not None:
+            await self.stream(None, joined)
+        else:
+            await self.stream(pipeline.run(target))
+
+
+async def serve_pipeline(pipeline: Pipeline, keepalive: float) -> tuple[Any, int]:
+    ctx = SimpleNamespace(settings=SimpleNamespace(keepalive_interval=keepalive), pipeline=pipeline)
+    app = tornado.web.Application(
+        [(r"/events", BuildStreamHandler)], binderbuild=ctx, pipeline=pipeline
+    )
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1024)
+    sock.setblocking(False)
+    server = tornado.httpserver.HTTPServer(app)
+    server.add_sockets([sock])
+    return server, sock.getsockname()[1]
+
+
+def body_of(raw: bytes) -> str:
+    """The SSE body without keepalive comments (their number varies)."""
+    return raw.decode().partition("\r\n\r\n")[2].replace(":keepalive\n\n", "")
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_joined_streams_get_the_same_bytes_as_the_first_without_a_generator(fails: bool) -> None:
+    async def main() -> None:
+        w = test_pipeline.world()
+        gate = asyncio.Event()
+        w.builder.default = Script(gate=gate, error=BuildFailed("boom") if fails else None)
+        server, port = await serve_pipeline(w.pipeline, keepalive=0.2)
+        target = w.target(build_only=True)
+        assert w.pipeline.try_join(target) is None  # nothing resolved, nothing runs
+        first = await open_stream(port)
+        await until(lambda: len(w.builds.builds()) == 1)
+        build = w.builds.builds()[0]
+        await until(lambda: len(build.events) >= 3 and build.followers == 1)
+        assert w.pipeline.try_join(w.target(build_only=True, force_rebuild=True)) is None
+        loop: Any = asyncio.get_running_loop()
+        gens, tasks = len(loop._asyncgens), len(asyncio.all_tasks())
+        joined = [await open_stream(port) for _ in range(20)]
+        await until(lambda: build.followers == 21)
+        await asyncio.sleep(0.05)
+        # No generator per joined stream, no task beyond Tornado's two.
+        assert len(loop._asyncgens) - gens == 0, len(loop._asyncgens) - gens
+        assert len(asyncio.all_tasks()) - tasks <= 2 * 20
+        build.append(event(Phase.BUILDING, "live line\n"))
+        await asyncio.sleep(0.5)  # idle: keepalives for everyone
+        gate.set()
+        raws = [await asyncio.wait_for(reader.read(), 5) for reader, _ in [first, *joined]]
+        expected = body_of(raws[0])
+        assert "live line" in expected and "retry: 2147483647" in expected
+        if fails:
+            assert '"phase": "failed"' in expected and '"status_code": 500' in expected
+        else:
+            assert '"phase": "ready"' in expected and "Built image." not in expected
+        for raw in raws[1:]:
+            assert b":keepalive\n\n" in raw
+            assert body_of(raw) == expected  # byte-identical events
+        for _, writer in [first, *joined]:
+            writer.close()
+        assert build.followers == 0
+        outcome = RunOutcome.FAILURE if fails else RunOutcome.SUCCESS
+        assert [r.outcome for r in w.reports] == [outcome] * 21
+        assert {r.image.name for r in w.reports if r.image} == {build.image_name}
+        assert all(r.ref is not None and r.timings.build >= 0 for r in w.reports)
+        server.stop()
+        await w.builds.close()
+
+    run(main())
+
+
+def test_a_joined_client_leaving_is_reported_and_stops_following() -> None:
+    async def main() -> None:
+        w = test_pipeline.world()
+        gate = asyncio.Event()
+        w.builder.default = Script(gate=gate)
+        server, port = await serve_pipeline(w.pipeline, keepalive=0.2)
+        first = await open_stream(port)
+        await until(lambda: len(w.builds.builds()) == 1)
+        build = w.builds.builds()[0]
+        await until(lambda: build.followers == 1)
+        _, leaving = await open_stream(port)
+        await until(lambda: build.followers == 2 and len(build._subscribers) == 1)
+        leaving.close()
+        # Noticed at the latest by the next keepalive write.
+        await until(lambda: build.followers == 1 and not build._subscribers, timeout=3)
+        assert [r.outcome for r in w.reports] == [RunOutcome.ABANDONED]
+        assert not build.state.finished  # the shared build goes on
+        gate.set()
+        assert '"phase": "ready"' in body_of(await asyncio.wait_for(first[0].read(), 5))
+        first[1].close()
+        server.stop()
+        await w.builds.close()
 
     run(main())
