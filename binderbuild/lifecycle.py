@@ -43,13 +43,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from traitlets import Bool, Float, Unicode
+from traitlets import Bool, Float, List, Unicode
 from traitlets.config import LoggingConfigurable
 
 from binderbuild.builds import Build, BuildState
-from binderbuild.errors import RegistryError
+from binderbuild.errors import BinderBuildError, BuildFailed, RegistryError
 from binderbuild.pipeline import RunOutcome, RunReport
-from binderbuild.registry import RegistryClient, repository_path
+from binderbuild.registry import RegistryClient, push_server_error, repository_path
 from binderbuild.units import parse_bytes
 
 log = logging.getLogger("binderbuild.lifecycle")
@@ -625,7 +625,25 @@ class RegistryLifecycle(LoggingConfigurable):
     min_free = Unicode(
         "1G",
         config=True,
-        help="Free space (e.g. '1G') a push needs in storage_path; see storage_path.",
+        help="Free space (e.g. '1G') a push needs in storage_path; see storage_path. A "
+        "push the registry answers with a 5xx while less is free there is reported as the "
+        "registry being out of disk space and starts a forced cleanup.",
+    )
+    gc_command = List(
+        Unicode(),
+        default_value=[],
+        config=True,
+        help="Command (argument list) that runs the registry's garbage collection, e.g. "
+        "['bash', 'scripts/services.sh', 'gc'] on the single machine. After a push failed "
+        "for lack of disk space and the forced cleanup deleted images, binderbuild runs it "
+        "in a maintenance window (builds queue meanwhile). Empty: never run (deleted "
+        "images' space comes back at the operator's next gc).",
+    )
+    gc_timeout = Float(
+        600.0,
+        config=True,
+        help="Seconds gc_command may run before it is killed (the maintenance window "
+        "closes either way).",
     )
 
     def __init__(
@@ -706,7 +724,51 @@ class RegistryLifecycle(LoggingConfigurable):
                 created = parse_created((body or {}).get("created"))
         return blobs, created
 
-    async def run_once(self, dry_run: bool = False) -> RegistryReport:
+    def free_bytes(self) -> int | None:
+        """Free space in ``storage_path`` (None when it is not set)."""
+        if not self.storage_path:
+            return None
+        return shutil.disk_usage(self.storage_path).free
+
+    def push_failure(self, message: str) -> str | None:
+        """A failed build's message, read as a push the registry could not
+        store: a 5xx answer to the push (the distribution registry says only
+        "500 Internal Server Error" when its disk is full) while its storage,
+        on this machine, has less than ``min_free`` free. Returns the message
+        to report instead, None when that is not the case."""
+        status = push_server_error(message)
+        need = parse_bytes(self.min_free) if self.min_free else 0
+        if status is None or not need:
+            return None
+        try:
+            free = self.free_bytes()
+        except OSError as exc:
+            log.warning("cannot read the registry storage's free space: %s", exc)
+            return None
+        if free is None or free >= need:
+            return None
+        return (
+            f"The registry is out of disk space: it refused the push ({status}) with "
+            f"{free} bytes free in its storage, where a push needs {need} "
+            "(RegistryLifecycle.min_free). A cleanup has started; ask again in a few minutes."
+        )
+
+    def forced_target(self, before: int, budget: int) -> int:
+        """What a forced cleanup (after a push ran out of disk space) deletes
+        down to: the budget, and low enough that twice ``min_free`` is free
+        once the garbage collection ran."""
+        target = budget or before
+        need = parse_bytes(self.min_free) if self.min_free else 0
+        with contextlib.suppress(OSError):
+            free = self.free_bytes()
+            if free is not None and need:
+                target = min(target, before - max(0, 2 * need - free))
+        return max(0, target)
+
+    async def run_once(self, dry_run: bool = False, force: bool = False) -> RegistryReport:
+        """One pass: over the budget, delete the least recently used images.
+        ``force`` (a push ran out of disk space): also delete until twice
+        ``min_free`` would be free in ``storage_path``."""
         async with self._lock:
             budget = parse_bytes(self.budget) if self.budget else 0
             images = await self.inventory()
@@ -714,17 +776,22 @@ class RegistryLifecycle(LoggingConfigurable):
             report = RegistryReport(before, before, budget, dry_run=dry_run)
             if not dry_run:
                 self.last_report = report
-            if not budget or not self.path_prefix or before <= budget:
+            if not budget and not force:
+                return report
+            target = self.forced_target(before, budget) if force else budget
+            if not self.path_prefix or before <= target:
                 return report
             log.info(
-                "registry holds %s bytes of images, budget %s: deleting the least recently used%s",
+                "registry holds %s bytes of images, budget %s%s: deleting the least recently "
+                "used%s",
                 before,
                 budget,
+                f" (forced: down to {target})" if target != budget else "",
                 " (dry run)" if dry_run else "",
             )
             doomed = registry_deletions(
                 images,
-                budget=budget,
+                budget=target,
                 last_used=await self.usage.last_used(),
                 keep_seconds=self.keep_days * 86400,
                 now=self.clock(),
@@ -742,7 +809,7 @@ class RegistryLifecycle(LoggingConfigurable):
             report.after = registry_bytes(i for i in images if i not in gone)
             if not dry_run:
                 self.last_report = report
-            if report.after > budget:
+            if report.after > target:
                 log.warning(
                     "registry still over its budget (%s > %s bytes): the newest image of each "
                     "repository and recently used images are kept",
@@ -938,6 +1005,7 @@ class LifecycleStats:
     removed: dict[str, int] = field(default_factory=lambda: {s.value: 0 for s in Store})
     swept: dict[str, int] = field(default_factory=lambda: {"container": 0, "workdir": 0})
     disk_full_cleanups: int = 0
+    registry_gc_runs: int = 0
 
 
 class BuildsLike(Protocol):
@@ -1090,10 +1158,12 @@ class Lifecycle:
             self.stats.removed[Store.ENGINE] += len(report.removed)
         return report
 
-    async def clean_registry(self, dry_run: bool = False) -> RegistryReport | None:
+    async def clean_registry(
+        self, dry_run: bool = False, force: bool = False
+    ) -> RegistryReport | None:
         if self.registry is None or not self.registry.enabled:
             return None
-        report = await self.registry.run_once(dry_run=dry_run)
+        report = await self.registry.run_once(dry_run=dry_run, force=force)
         self.stats.registry_bytes = report.before if dry_run else report.after
         self.stats.registry_budget = report.budget
         if not dry_run:
@@ -1113,7 +1183,7 @@ class Lifecycle:
     async def cleanup(self, dry_run: bool = False, force: bool = False) -> dict[str, Any]:
         """Everything at once (the admin API's ``POST /api/admin/cleanup``)."""
         engine = await self.clean_engine(dry_run=dry_run, force=force)
-        registry = await self.clean_registry(dry_run=dry_run)
+        registry = await self.clean_registry(dry_run=dry_run, force=force)
         swept = await self.sweep(dry_run=dry_run)
         return {
             "dry_run": dry_run,
@@ -1218,6 +1288,65 @@ class Lifecycle:
             log.warning("build %s ran out of disk space: cleaning up now", build.id)
             self.disk_full()
 
+    def classify_failure(self, build: Build, error: BinderBuildError) -> BinderBuildError:
+        """BuildManager hook, before a failure is reported: a push the
+        registry answered with a 5xx while its storage (``storage_path``) has
+        less than ``min_free`` free is the registry being out of disk space;
+        say so (``build_finished`` then starts the cleanup)."""
+        if self.registry is None:
+            return error
+        message = self.registry.push_failure(error.message)
+        if message is None:
+            return error
+        log.warning("build %s: %s (was: %s)", build.id, message, error.message)
+        return BuildFailed(message)
+
+    async def collect_registry_garbage(self) -> bool:
+        """Run ``RegistryLifecycle.gc_command`` in a maintenance window (no
+        build starts meanwhile; requests queue). False when there is no
+        command, the window could not open, or the command failed."""
+        registry = self.registry
+        if registry is None or not registry.gc_command:
+            return False
+        window = self.maintenance
+        opened = False
+        if window is not None and not window.active:
+            try:
+                await window.begin(
+                    drain_timeout=registry.gc_timeout, limit=registry.gc_timeout + 60
+                )
+                opened = True
+            except MaintenanceRefused as exc:
+                log.warning("registry garbage collection not run: %s", exc)
+                return False
+        try:
+            log.info("registry garbage collection: %s", " ".join(registry.gc_command))
+            proc = await asyncio.create_subprocess_exec(
+                *registry.gc_command,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            try:
+                out, _ = await asyncio.wait_for(proc.communicate(), registry.gc_timeout)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+                log.error("registry garbage collection killed after %gs", registry.gc_timeout)
+                return False
+            text = out.decode("utf-8", "replace").strip()[-2000:]
+            if proc.returncode:
+                log.error("registry garbage collection failed (%s): %s", proc.returncode, text)
+                return False
+            self.stats.registry_gc_runs += 1
+            log.info("registry garbage collection done: %s", text)
+            return True
+        except OSError as exc:
+            log.error("registry garbage collection could not start: %s", exc)
+            return False
+        finally:
+            if opened and window is not None:
+                window.end()
+
     def disk_full(self) -> None:
         """Start one forced cleanup (engine, registry, sweeps) unless one runs
         or ran in the last ``DISK_FULL_PAUSE`` seconds (health probes ask often)."""
@@ -1235,7 +1364,10 @@ class Lifecycle:
     async def _clean_after_disk_full(self) -> None:
         self.stats.disk_full_cleanups += 1
         try:
-            await self.cleanup(force=True)
+            result = await self.cleanup(force=True)
+            if (result.get("registry") or {}).get("deleted"):
+                # Deleting manifests frees nothing until the garbage collection.
+                await self.collect_registry_garbage()
         except Exception as exc:
             log.error("cleanup after a full disk failed: %s", exc)
 

@@ -70,6 +70,30 @@ def repository_path(repository: str) -> str:
     return repository
 
 
+_PUSHING = re.compile(r"\bpush", re.IGNORECASE)
+# How the engine reports a registry's 5xx answer during a push: "received
+# unexpected HTTP status: 500 Internal Server Error" (docker), "... status
+# code 503" and the like.
+_SERVER_ERROR = re.compile(
+    r"(?:HTTP status|status code)[: ]+(5\d\d)\b"
+    r"|\b(5\d\d) (?:Internal Server Error|Bad Gateway|Service Unavailable|Gateway Timeout)",
+    re.IGNORECASE,
+)
+
+
+def push_server_error(message: str) -> int | None:
+    """The 5xx status a failed push's message reports, None when it is not a
+    push that the registry answered with a server error. The distribution
+    registry answers a push it cannot store (its disk is full) with a bare
+    500; only its own log says why (``binderbuild.lifecycle`` decides)."""
+    if not _PUSHING.search(message):
+        return None
+    found = _SERVER_ERROR.search(message)
+    if found is None:
+        return None
+    return int(found.group(1) or found.group(2))
+
+
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     scheme, _, params = header.strip().partition(" ")
     return scheme.lower(), dict(_CHALLENGE_PARAM.findall(params))

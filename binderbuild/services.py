@@ -309,6 +309,8 @@ def compose(app: BinderBuild, registry_config: DockerRegistry) -> Services:
     )
     # A build that ran out of disk space starts a cleanup (issue 16).
     builds.on_finished = (*builds.on_finished, lifecycle.build_finished)
+    # A push the registry refused for lack of disk space says so (issue 16).
+    builds.classify_failure = lifecycle.classify_failure
     metrics.watch_lifecycle(lifecycle.stats)
 
     checks: dict[str, tuple[Callable[[], Awaitable[dict[str, Any]]], bool]] = {
