@@ -33,12 +33,22 @@ from binderbuild.errors import (
     BuildFailed,
     BuildTimeout,
 )
-from binderbuild.events import Phase, ProgressEvent, event
+from binderbuild.events import Phase, ProgressEvent, encode_sse, event
 from binderbuild.models import BuildJob
 
 log = logging.getLogger("binderbuild.builds")
 
 BuildHook = Callable[["Build"], None]
+
+
+class Subscriber(Protocol):
+    """A client a build writes its events to (``Build.subscribe``)."""
+
+    def deliver(self, data: bytes) -> None:
+        """One live event, as its Server-Sent Events frame."""
+
+    def build_ended(self) -> None:
+        """The build finished (its final event is not delivered)."""
 
 
 class TimerHandle(Protocol):
@@ -100,6 +110,9 @@ class Build:
     last_seen: float = field(default_factory=time.monotonic, repr=False)
     _on_unwatched: Callable[[Build], None] | None = field(default=None, repr=False)
     _now: Callable[[], float] = field(default=time.monotonic, repr=False)
+    # Clients written to directly (``subscribe``): each live event is encoded
+    # once and its bytes handed to all of them; no generator per client.
+    _subscribers: dict[Subscriber, None] = field(default_factory=dict, repr=False)
 
     @property
     def image_name(self) -> str:
@@ -110,6 +123,50 @@ class Build:
         # Wake every follower, then arm a fresh event for the next wait.
         self._changed.set()
         self._changed = asyncio.Event()
+        if self._subscribers:
+            self._fan_out(ev)
+
+    def _fan_out(self, ev: ProgressEvent) -> None:
+        """Hand ``ev`` to every subscriber: its SSE bytes (encoded once for
+        all), or, for the build's final event, the end of the build."""
+        final = self.state.finished
+        data = b"" if final else encode_sse(ev)
+        for subscriber in list(self._subscribers):
+            try:
+                if final:
+                    subscriber.build_ended()
+                else:
+                    subscriber.deliver(data)
+            except Exception:
+                log.exception("a subscriber of build %s failed", self.id)
+        if final:
+            self._subscribers.clear()
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        """Write this build's next events to ``subscriber`` as they come, and
+        tell it when the build ends (its final event is not delivered: the
+        subscriber reads ``state``/``error``). Follower counting is separate
+        (``watch``/``unwatch``)."""
+        if self.state.finished:
+            subscriber.build_ended()
+        else:
+            self._subscribers[subscriber] = None
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        self._subscribers.pop(subscriber, None)
+
+    def watch(self) -> None:
+        """A client starts following the build (counted in ``followers``)."""
+        self.followers += 1
+        self.touch()
+
+    def unwatch(self) -> None:
+        """A client stops following; the last one leaving an unfinished build
+        starts the abandoned-build clock."""
+        self.followers -= 1
+        self.touch()
+        if self.followers == 0 and not self.state.finished and self._on_unwatched:
+            self._on_unwatched(self)
 
     def finish(
         self, state: BuildState, final: ProgressEvent, error: BinderBuildError | None
@@ -134,8 +191,7 @@ class Build:
         the build in ``followers`` until the generator is closed.
         """
         if watch:
-            self.followers += 1
-            self.touch()
+            self.watch()
         try:
             index = after + 1
             while True:
@@ -147,10 +203,7 @@ class Build:
                 await self._changed.wait()
         finally:
             if watch:
-                self.followers -= 1
-                self.touch()
-                if self.followers == 0 and not self.state.finished and self._on_unwatched:
-                    self._on_unwatched(self)
+                self.unwatch()
 
     async def wait(self) -> None:
         async for _ in self.follow(len(self.events) - 1, watch=False):
