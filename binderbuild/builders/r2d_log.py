@@ -174,7 +174,7 @@ def _in_words(code: int, log: R2dLogReader, memory_limit: int, oom_killed: bool)
         if _NO_SPACE.search(text):
             if _PUSHING.search(text):
                 return "The registry ran out of disk space while the image was pushed"
-            return "The build ran out of disk space on the build machine"
+            return "The build failed: the build host is out of disk space"
     if step_killed:
         return "A build step was killed (SIGKILL, exit code 137)"
     if code < 0:

@@ -48,7 +48,7 @@ def test_a_build_out_of_disk_space_fails_so_and_starts_a_cleanup(
         failed = read_events(build_url(service, full.spec(full.sha), build_only="true"))
         assert failed.phases[-1] == "failed", failed.events
         message = failed.final["message"]
-        assert "ran out of disk space" in message, message
+        assert "the build host is out of disk space" in message, message
         assert "No space left on device" in "".join(e.get("message", "") for e in failed.events)
 
         def counted() -> bool:

@@ -238,7 +238,7 @@ STEP_137 = "The command '/bin/sh -c python3 -c \"x = bytearray(1 << 30)\"' retur
             1,
             (line("failed", "failed to copy files: write /var/lib/docker/tmp/x: no space left on device\n"),),
             {},
-            "The build ran out of disk space on the build machine: failed to copy files: "
+            "The build failed: the build host is out of disk space: failed to copy files: "
             "write /var/lib/docker/tmp/x: no space left on device",
         ),
         (
