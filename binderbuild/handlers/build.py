@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import re
 from asyncio import Future
@@ -23,6 +24,7 @@ from binderbuild.events import (
     failed,
 )
 from binderbuild.handlers.base import BaseHandler
+from binderbuild.logging_setup import set_request_id
 from binderbuild.models import BuildRequest
 from binderbuild.pipeline import JoinedRun
 
@@ -71,6 +73,9 @@ class _Keepalives:
 
 _keepalives: dict[tuple[asyncio.AbstractEventLoop, float], _Keepalives] = {}
 
+# The tasks finishing joined streams after their build ended (kept referenced).
+_after_builds: set[asyncio.Task[None]] = set()
+
 
 class _SentHeaders(HTTPHeaders):
     """The response headers of every stream once they are written (Tornado
@@ -111,11 +116,15 @@ class EventStreamHandler(BaseHandler):
     build, docs/benchmarks.md): events without ids are walked as they come
     (no wrapper generator adding ids), and the response headers, written
     once, are dropped after the first write instead of living as long as
-    the stream.
+    the stream. A ``/build`` stream that joins a running build holds even
+    less while it waits: no task or coroutine at all (``stream`` with a
+    ``JoinedRun``; the build writes to it as a ``Build`` subscriber).
     """
 
     _last_write = 0.0
-    _ended: Future[None] | None = None  # a joined build's end (stream_joined)
+    # A joined run waiting for its build's end: set while the build writes
+    # to this stream (no task of the handler runs then).
+    _joined: JoinedRun | None = None
     _waiting = False  # suspended inside stream(): a client leaving may cancel it
     _client_left = False
 
@@ -142,9 +151,35 @@ class EventStreamHandler(BaseHandler):
             self._push(data)
 
     def build_ended(self) -> None:
-        ended = self._ended
-        if ended is not None and not ended.done():
-            ended.set_result(None)
+        """The followed build finished: the rest of the run (``failed``, or
+        ``ready``/the launch) in a task of its own, under this request's id."""
+        if self._joined is not None:
+            contextvars.copy_context().run(self._after_build)
+
+    def _after_build(self) -> None:
+        joined, self._joined = self._joined, None
+        assert joined is not None
+        joined.build.unsubscribe(self)
+        joined.build.unwatch()
+        set_request_id(getattr(self.request, "_binderbuild_request_id", None))
+        task = asyncio.get_running_loop().create_task(
+            self.stream(self.ctx.pipeline.after_join(joined))
+        )
+        _after_builds.add(task)
+        task.add_done_callback(_after_builds.discard)
+
+    def _abandon_joined(self) -> None:
+        """The client of a waiting joined stream left: report and close it."""
+        joined, self._joined = self._joined, None
+        assert joined is not None
+        joined.build.unsubscribe(self)
+        joined.build.unwatch()
+        set_request_id(getattr(self.request, "_binderbuild_request_id", None))
+        _keepalives_for(self.ctx.settings.keepalive_interval).discard(self)
+        log.debug("client left the event stream")
+        self.ctx.pipeline.abandon_join(joined, asyncio.CancelledError())
+        with contextlib.suppress(StreamClosedError):
+            self.finish()
 
     async def stream(
         self,
@@ -165,6 +200,7 @@ class EventStreamHandler(BaseHandler):
         self._last_write = keepalives.loop.time()
         keepalives.add(self)
         self._waiting = True
+        detached = False
         try:
             final = False
             try:
@@ -176,21 +212,24 @@ class EventStreamHandler(BaseHandler):
                     build.watch()
                     try:
                         await self._catch_up(build)
-                        # No await between the last catch-up write and
-                        # subscribing: no event can fall between them.
-                        if not build.state.finished:
-                            self._ended = keepalives.loop.create_future()
-                            build.subscribe(self)
-                            try:
-                                await self._ended
-                            finally:
-                                build.unsubscribe(self)
-                                self._ended = None
                     except BaseException as exc:  # the client left, or the service stops
+                        build.unwatch()
                         self.ctx.pipeline.abandon_join(joined, exc)
                         raise
-                    finally:
-                        build.unwatch()
+                    if not build.state.finished:
+                        # No await between the last catch-up write and
+                        # subscribing: no event can fall between them. The
+                        # handler then returns without finishing: while the
+                        # build runs, no task, coroutine or future is kept
+                        # for this stream; the build writes its events here
+                        # (deliver), and its end (build_ended) or the client
+                        # leaving (_left) takes over.
+                        self._joined = joined
+                        self._auto_finish = False
+                        build.subscribe(self)
+                        detached = True
+                        return
+                    build.unwatch()
                     events = self.ctx.pipeline.after_join(joined)
                     joined = None
                 assert events is not None
@@ -221,9 +260,11 @@ class EventStreamHandler(BaseHandler):
             log.debug("client left the event stream")
         finally:
             self._waiting = False
-            keepalives.discard(self)
-        with contextlib.suppress(StreamClosedError):
-            self.finish()
+            if not detached:
+                keepalives.discard(self)
+        if not detached:
+            with contextlib.suppress(StreamClosedError):
+                self.finish()
 
     async def _send(self, data: bytes) -> None:
         self.write(data)
@@ -263,7 +304,9 @@ class EventStreamHandler(BaseHandler):
     def _left(self) -> None:
         if not self._client_left:
             self._client_left = True
-            if self._waiting and self._task is not None:
+            if self._joined is not None:
+                contextvars.copy_context().run(self._abandon_joined)
+            elif self._waiting and self._task is not None:
                 self._task.cancel()
 
     def on_connection_close(self) -> None:
