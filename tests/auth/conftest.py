@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import selectors
 import shutil
 import subprocess
 import urllib.error
@@ -35,6 +36,8 @@ from tests.realservices import free_port
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 PROVIDER_SCRIPT = Path(__file__).resolve().parent / "oidc" / "provider.mjs"
+START_TIMEOUT = 30.0  # seconds for the provider to print READY
+START_ATTEMPTS = 3
 OIDC_PACKAGE = ROOT / "var" / "node" / "node_modules" / "oidc-provider" / "package.json"
 OIDC_VERSION = "9.13.3"  # the version scripts/setup.sh installs
 
@@ -62,33 +65,60 @@ class OIDCProvider:
         assert version == OIDC_VERSION, (
             f"oidc-provider {version} installed, tests expect {OIDC_VERSION}"
         )
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path = workdir / "oidc-provider.log"
+        self._log = self.log_path.open("ab")
+        self._command = [node, str(PROVIDER_SCRIPT)]
+        self._workdir = workdir
+        self._clients = clients
+        self._users = users
+        # Once in a CI run the provider hung before listening (a Node 20
+        # deadlock exporting a freshly generated key, see provider.mjs; it
+        # starts in well under a second otherwise): each start gets a
+        # deadline, and a hung one is replaced.
+        for attempt in range(1, START_ATTEMPTS + 1):
+            line = self._start()
+            if line.startswith("READY "):
+                return
+            self._kill()
+            self._log.write(f"-- start {attempt} failed: {line!r}\n".encode())
+            self._log.flush()
+        self._log.close()
+        raise AssertionError(f"the OIDC provider did not start:\n{self.log()}")
+
+    def _start(self) -> str:
+        """Start the provider; its first line (READY ...), or what went wrong."""
         self.port = free_port()
         self.issuer = f"http://127.0.0.1:{self.port}"
         params = {
             "host": "127.0.0.1",
             "port": self.port,
-            "clients": clients,
+            "clients": self._clients,
             "users": [
                 {"username": u.username, "password": u.password, "groups": list(u.groups)}
-                for u in users
+                for u in self._users
             ],
         }
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.log_path = workdir / "oidc-provider.log"
-        self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [node, str(PROVIDER_SCRIPT), json.dumps(params)],
-            cwd=workdir,
+            [*self._command, json.dumps(params)],
+            cwd=self._workdir,
             stdout=subprocess.PIPE,
             stderr=self._log,
             stdin=subprocess.DEVNULL,
             text=True,
         )
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # the script prints READY or dies
-        if not line.startswith("READY "):
-            self.stop()
-            raise AssertionError(f"the OIDC provider did not start: {line!r}\n{self.log()}")
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.proc.stdout, selectors.EVENT_READ)
+            if not selector.select(START_TIMEOUT):
+                return f"no READY line within {START_TIMEOUT:g}s"
+        # The script prints one line, READY, or dies (EOF: an empty line).
+        return self.proc.stdout.readline()
+
+    def _kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

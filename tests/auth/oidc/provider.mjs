@@ -59,8 +59,18 @@ ${message ? `<p id="error">${escapeHtml(message)}</p>` : ''}
 </form></body></html>`;
 }
 
-// Signing keys made at start: nothing is kept between runs.
-const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
+// Signing keys made at start: nothing is kept between runs. The key is made
+// as PEM and read back before its JWK export: exporting the generated key
+// object itself can deadlock Node 20 (a garbage collection during the export
+// runs the finished key-generation job's destructor, which waits for the
+// mutex the export holds; seen once in CI, the provider hung before
+// listening).
+const { privateKey: pem } = crypto.generateKeyPairSync('rsa', {
+  modulusLength: 2048,
+  publicKeyEncoding: { type: 'spki', format: 'pem' },
+  privateKeyEncoding: { type: 'pkcs8', format: 'pem' },
+});
+const privateKey = crypto.createPrivateKey(pem);
 const jwk = { ...privateKey.export({ format: 'jwk' }), use: 'sig', alg: 'RS256', kid: 'test' };
 
 const configuration = {
