@@ -51,7 +51,11 @@ await run(async ({ page }) => {
 
   // 3. Stop it on the hub's home page; it stays listed, with "start".
   const name = server.split('/').slice(-2)[0];
-  await page.goto(`${p.hubUrl}hub/home`);
+  // The hub's home page binds its buttons from scripts it loads after the
+  // page's load event (RequireJS): a click before that does nothing (seen
+  // once in CI: no stop request reached the hub). Wait for the network to
+  // settle first.
+  await page.goto(`${p.hubUrl}hub/home`, { waitUntil: 'networkidle' });
   await page.click(`#stop-${name}`);
   await page.waitForSelector(`#start-${name}:not(.hidden)`, { timeout: 60000 });
   await page.screenshot({ path: path.join(p.artifacts, 'signed-in-stopped.png') });
