@@ -334,13 +334,8 @@ class Pipeline:
                     if build.state is not BuildState.SUCCEEDED:
                         raise build.error or BuildFailed("Build failed.")
 
-            if request.build_only or self.launcher is None:
-                yield event(Phase.READY, f"Image {image.name} is ready.\n", imageName=image.name)
-                return
-            yield event(Phase.BUILT, "Found built image, launching...\n", imageName=image.name)
-            with timings.measure("launch"):
-                async for ev in self._launch(request, located.ref, image, launched):
-                    yield ev
+            async for ev in self._ready_or_launch(request, located.ref, image, timings, launched):
+                yield ev
         except BinderBuildError as exc:
             outcome, error = RunOutcome.FAILURE, exc
             raise
@@ -431,13 +426,8 @@ class Pipeline:
         try:
             if build.state is not BuildState.SUCCEEDED:
                 raise build.error or BuildFailed("Build failed.")
-            if request.build_only or self.launcher is None:
-                yield event(Phase.READY, f"Image {image.name} is ready.\n", imageName=image.name)
-                return
-            yield event(Phase.BUILT, "Found built image, launching...\n", imageName=image.name)
-            with timings.measure("launch"):
-                async for ev in self._launch(request, ref, image, launched):
-                    yield ev
+            async for ev in self._ready_or_launch(request, ref, image, timings, launched):
+                yield ev
         except BinderBuildError as exc:
             outcome, error = RunOutcome.FAILURE, exc
             raise
@@ -446,6 +436,24 @@ class Pipeline:
             raise
         finally:
             self._report(request, outcome, timings, ref, image, error, launched)
+
+    async def _ready_or_launch(
+        self,
+        request: BuildRequest,
+        ref: ResolvedRef,
+        image: ImageSpec,
+        timings: StageTimings,
+        launched: list[LaunchResult],
+    ) -> AsyncGenerator[ProgressEvent, None]:
+        """The end of a run whose image exists: ``ready`` (build only), or
+        ``built`` and the launch (``run`` and ``after_join`` share it)."""
+        if request.build_only or self.launcher is None:
+            yield event(Phase.READY, f"Image {image.name} is ready.\n", imageName=image.name)
+            return
+        yield event(Phase.BUILT, "Found built image, launching...\n", imageName=image.name)
+        with timings.measure("launch"):
+            async for ev in self._launch(request, ref, image, launched):
+                yield ev
 
     def launch_request(
         self, request: BuildRequest, ref: ResolvedRef, image: ImageSpec
