@@ -7,8 +7,9 @@
 #   scripts/services.sh gc       the registry's garbage collection, in a
 #                                maintenance window: the registry turns
 #                                read-only (pulls and lookups work, pushes
-#                                fail), unreferenced blobs are deleted, then
-#                                it is writable again
+#                                fail), unreferenced blobs and unfinished
+#                                uploads are deleted, then it is writable
+#                                again
 #
 # Services:
 #   registry   Docker distribution registry on 127.0.0.1:${BINDERBUILD_REGISTRY_PORT:-5000},
@@ -163,6 +164,21 @@ maintenance() {
     say "gc: binderbuild maintenance $1: $answer"
 }
 
+purge_uploads() {
+    # Unfinished blob uploads (<repository>/_uploads/<id>). Every failed
+    # attempt of a push leaves one holding what it wrote (a push that hits a
+    # full disk leaves one per retry), and the registry's own purge only
+    # removes them after a week. While the registry is read-only no upload is
+    # in progress, so all of them are stale; a client whose upload was cut by
+    # the window starts it over. Repository names cannot start with "_", so
+    # only upload directories match.
+    local repositories="$REGISTRY_DIR/data/docker/registry/v2/repositories" count
+    [ -d "$repositories" ] || return 0
+    count="$(find "$repositories" -path '*/_uploads/*' -prune -type d | wc -l)"
+    find "$repositories" -path '*/_uploads/*' -prune -exec rm -rf {} +
+    [ "$count" = 0 ] || say "gc: $count unfinished uploads removed"
+}
+
 gc_registry() {
     # Not stop-the-world: the registry is read-only meanwhile, so lookups and
     # pulls keep working; pushes (a build finishing) fail during the window,
@@ -181,6 +197,7 @@ gc_registry() {
     local before after status=0
     before="$(du -sb "$REGISTRY_DIR/data" | cut -f1)"
     docker-registry garbage-collect "$REGISTRY_CONFIG" >>"$LOG/registry-gc.log" 2>&1 || status=$?
+    purge_uploads
     after="$(du -sb "$REGISTRY_DIR/data" | cut -f1)"
     stop_registry >/dev/null
     start_registry false >/dev/null

@@ -5,12 +5,12 @@ the real engine builds and pushes, a real binderbuild serves the requests.
 The filesystem holds the shared base layers (pushed by a first build, whose
 image must survive everything below), then a ballast file and fixture images
 of a unique few-MB layer each, until less is free than the next build's own
-layer. That build's push fails: the registry answers only "500 Internal
+layer (a new commit of the first repository). That build's push fails: the registry answers only "500 Internal
 Server Error", and binderbuild, reading its storage's free space, reports the
 registry as out of disk space. The failure starts a forced cleanup: the
 least recently used fixture images are deleted and the registry's garbage
-collection runs in a maintenance window. The same request then builds and
-pushes.
+collection runs in a maintenance window, which also removes the upload
+sessions the failed push left. The same request then builds and pushes.
 
 Only images under this test's prefix exist in this registry; the engine's
 tags of them are removed at the end."""
@@ -33,7 +33,7 @@ from tests.integration.test_build_pipeline import build_url, wait_until
 from tests.integration.test_lifecycle_gc import manifest_status
 from tests.integration.test_lifecycle_real import build_image
 from tests.ops.test_singlemachine_registry import SERVICES, ScriptRegistry
-from tests.realservices import dockerfile_repo_files, free_port
+from tests.realservices import GitServer, add_commit, free_port
 from tests.sse import read_events
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry]
@@ -96,6 +96,12 @@ def free(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
+def upload_sessions(data: Path) -> list[Path]:
+    """The registry's unfinished blob uploads (``<repository>/_uploads/<id>``)."""
+    repositories = data / "docker" / "registry" / "v2" / "repositories"
+    return [s for u in repositories.rglob("_uploads") for s in u.iterdir()]
+
+
 def push(docker_client: Any, name: str, auth: dict[str, str]) -> list[str]:
     """Push ``name``; the errors the engine reported."""
     repository, tag = name.rsplit(":", 1)
@@ -108,6 +114,7 @@ def test_a_push_that_hits_a_full_disk_fails_so_and_recovers_after_cleanup(
     start_service,
     docker_client: Any,
     make_fixture_repo,
+    git_server: GitServer,
 ) -> None:
     registry, data = small_registry
     prefix = f"127.0.0.1:{registry.port}/bbfull-{secrets.token_hex(3)}-"
@@ -170,11 +177,18 @@ def test_a_push_that_hits_a_full_disk_fails_so_and_recovers_after_cleanup(
             fillers.append(name)
         assert len(fillers) >= 4, fillers
 
-        # The next build's own layer (a 2 MiB file of the repository) does not fit.
-        files = dockerfile_repo_files(secrets.token_hex(6))
-        files["payload.txt"] = secrets.token_hex(MiB)
-        full = make_fixture_repo(files=files)
-        url = build_url(service, full.spec(full.sha), build_only="true")
+        # The next build's own layer (a 2 MiB file of the repository) does not
+        # fit. It is a new commit of the first repository, so its image goes
+        # to the same registry repository, where the base layers already are:
+        # the engine only checks they exist and uploads just the new layer.
+        # (An image of another repository would mount the base layers from
+        # the first one; a mount that the full disk refuses makes dockerd
+        # forget where the layer is, and its next push uploads the whole
+        # base image, which no cleanup of this small filesystem can fit.)
+        payload = add_commit(
+            git_server.root, first.name, {"payload.txt": secrets.token_hex(MiB)}, "payload"
+        )
+        url = build_url(service, first.spec(payload), build_only="true")
         failed = read_events(url)
         assert failed.phases[-1] == "failed", failed.events
         message = failed.final["message"]
@@ -192,6 +206,9 @@ def test_a_push_that_hits_a_full_disk_fails_so_and_recovers_after_cleanup(
         deleted = metric(text, "binderbuild_cleanup_removed_images_total", 'store="registry"')
         assert deleted is not None and deleted >= 2, text
         assert free(data) >= MIN_FREE
+        # Each failed attempt of the push left an upload session holding what
+        # it wrote; the garbage collection's window removed them.
+        assert not upload_sessions(data), upload_sessions(data)
         assert manifest_status(registry, fillers[0]) == 404  # least recently used: gone
         assert manifest_status(registry, fillers[-1]) == 200  # the newest of its repository
         assert manifest_status(registry, kept) == 200  # nothing in use was lost
