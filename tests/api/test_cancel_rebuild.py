@@ -42,6 +42,18 @@ def wait_slots_free(base: str) -> None:
     wait_for("no build running", lambda: queue_state(base)["running"] == 0, timeout=30)
 
 
+def wait_step_running(docker_client, marker: str) -> None:
+    # The step's first lines can reach the build's stream before the engine
+    # lists its container as running (the output is attached before the
+    # start is recorded); on a loaded machine (CI) the gap was long enough
+    # for an immediate check to miss it.
+    wait_for(
+        "the build step's container to run",
+        lambda: running_containers_with(docker_client, marker),
+        timeout=15,
+    )
+
+
 def test_cancel_stops_the_build_and_frees_its_slot(
     start_service, registry, docker_client, make_fixture_repo
 ):
@@ -52,7 +64,7 @@ def test_cancel_stops_the_build_and_frees_its_slot(
     first = post_build(svc.url, repo.spec()).json()
     events_url = f"{svc.url}/api/builds/{first['id']}/events"
     follow_until(events_url, f"tick-2-{marker}")
-    assert running_containers_with(docker_client, marker), "the build step should be running"
+    wait_step_running(docker_client, marker)
     assert queue_state(svc.url)["running"] == 1
 
     # Only authorized callers may cancel.
@@ -90,7 +102,7 @@ def test_cancel_stops_the_build_and_frees_its_slot(
     assert fresh["id"] != first["id"] and fresh["state"] == "running"
     restarted = follow_until(f"{svc.url}/api/builds/{fresh['id']}/events", f"tick-1-{marker}")
     assert "fetching" in [e["phase"] for e in restarted]
-    assert running_containers_with(docker_client, marker)
+    wait_step_running(docker_client, marker)
     assert call(f"{svc.url}/api/builds/{fresh['id']}", "DELETE", headers=AUTH).status == 200
     wait_for(
         "the second build container to stop",
