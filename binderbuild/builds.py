@@ -257,6 +257,7 @@ class BuildManager:
         self._by_id: OrderedDict[str, Build] = OrderedDict()
         self._queue: list[Build] = []
         self._running = 0
+        self._paused = False
         self.push_watch = push_watch
         self.classify_failure = classify_failure
         self.on_queued: tuple[BuildHook, ...] = tuple(on_queued)
@@ -407,8 +408,23 @@ class BuildManager:
         if self._active.get(build.job.image.build_name) is build:
             del self._active[build.job.image.build_name]
 
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def pause(self) -> None:
+        """Start no build until ``resume`` (a maintenance window): builds
+        asked for meanwhile queue with their position; running ones go on."""
+        self._paused = True
+
+    def resume(self) -> None:
+        """Start the queued builds again, up to ``concurrency``."""
+        if self._paused:
+            self._paused = False
+            self._schedule()
+
     def _schedule(self) -> None:
-        while self._queue and self._running < self.concurrency:
+        while self._queue and not self._paused and self._running < self.concurrency:
             build = self._queue.pop(0)
             self._running += 1
             build.state = BuildState.RUNNING

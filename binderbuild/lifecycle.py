@@ -1009,9 +1009,7 @@ class LifecycleStats:
 
 
 class BuildsLike(Protocol):
-    """The part of ``BuildManager`` maintenance needs: its slot count and scheduler."""
-
-    concurrency: int
+    """The part of ``BuildManager`` maintenance needs: its counts, pause and resume."""
 
     @property
     def running(self) -> int: ...
@@ -1019,7 +1017,9 @@ class BuildsLike(Protocol):
     @property
     def queue_length(self) -> int: ...
 
-    def _schedule(self) -> None: ...
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
 
 
 class MaintenanceRefused(Exception):
@@ -1036,7 +1036,7 @@ class Maintenance:
 
     def __init__(self, builds: BuildsLike) -> None:
         self.builds = builds
-        self._saved: int | None = None
+        self._open = False
         self._timer: asyncio.TimerHandle | None = None
         self.since: float | None = None
         self._finished: asyncio.Event | None = None  # made by begin, in its loop
@@ -1047,7 +1047,7 @@ class Maintenance:
 
     @property
     def active(self) -> bool:
-        return self._saved is not None
+        return self._open
 
     def state(self) -> dict[str, Any]:
         return {
@@ -1060,10 +1060,9 @@ class Maintenance:
     async def begin(self, drain_timeout: float, limit: float) -> dict[str, Any]:
         """Stop starting builds and wait (up to ``drain_timeout``) for the
         running ones to finish; if they do not, the window does not open."""
-        if self._saved is None:
-            self._saved = self.builds.concurrency
-            # The scheduler starts a build while running < concurrency.
-            self.builds.concurrency = 0
+        if not self._open:
+            self._open = True
+            self.builds.pause()
             self.since = time.time()
             log.info("maintenance: no build starts until it ends; draining running builds")
         loop = asyncio.get_running_loop()
@@ -1096,12 +1095,11 @@ class Maintenance:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._saved is not None:
-            self.builds.concurrency = self._saved
-            self._saved = None
+        if self._open:
+            self._open = False
             self.since = None
             log.info("maintenance window closed: %d queued builds start", self.builds.queue_length)
-            self.builds._schedule()
+            self.builds.resume()
         return self.state()
 
 

@@ -117,6 +117,35 @@ def test_same_image_gives_one_build() -> None:
     run(scenario)
 
 
+def test_paused_manager_queues_without_changing_its_slot_count() -> None:
+    """A maintenance window pauses the manager: builds asked for meanwhile
+    wait with their queue position, the configured slot count stays what it
+    is (the health check and metrics read it), and resuming starts them."""
+
+    async def scenario() -> None:
+        builder = ScriptedBuilder()
+        mgr = manager(builder, concurrency=2)
+        mgr.pause()
+        assert mgr.paused
+        a, _ = mgr.submit(job("a"))
+        b, _ = mgr.submit(job("b"))
+        await settle()
+        assert builder.started == []
+        assert (a.state, b.state) == (BuildState.QUEUED, BuildState.QUEUED)
+        assert (a.queue_position, b.queue_position) == (1, 2)
+        assert mgr.concurrency == 2 and mgr.running == 0
+        mgr.resume()
+        assert not mgr.paused
+        await until(lambda: builder.started == ["a", "b"])
+        assert a.queue_position is None and b.queue_position is None
+        mgr.resume()  # resuming twice is harmless
+        for name in ("a", "b"):
+            builder.gate(name).put_nowait(None)
+        await b.wait()
+
+    run(scenario)
+
+
 def test_queue_positions_are_announced_and_advance() -> None:
     async def scenario() -> None:
         builder = ScriptedBuilder()

@@ -63,10 +63,10 @@ def test_health_fails_when_a_build_would_not_fit_and_cleans_once_a_minute() -> N
 
 class FakeBuilds:
     def __init__(self, running: int = 0, queued: int = 0) -> None:
-        self.concurrency = 4
+        self.paused = False
         self._running = running
         self._queued = queued
-        self.scheduled = 0
+        self.resumed = 0
 
     @property
     def running(self) -> int:
@@ -76,8 +76,12 @@ class FakeBuilds:
     def queue_length(self) -> int:
         return self._queued
 
-    def _schedule(self) -> None:
-        self.scheduled += 1
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        self.resumed += 1
 
 
 def test_maintenance_pauses_starts_and_resumes() -> None:
@@ -86,14 +90,14 @@ def test_maintenance_pauses_starts_and_resumes() -> None:
 
     async def scenario() -> None:
         state = await window.begin(drain_timeout=1, limit=60)
-        assert state["maintenance"] is True and builds.concurrency == 0
+        assert state["maintenance"] is True and builds.paused
         builds._queued = 2
         assert window.state()["queued"] == 2
         state = window.end()
-        assert state["maintenance"] is False and builds.concurrency == 4
-        assert builds.scheduled == 1
+        assert state["maintenance"] is False and not builds.paused
+        assert builds.resumed == 1
         window.end()  # closing twice is harmless
-        assert builds.scheduled == 1
+        assert builds.resumed == 1
 
     asyncio.run(scenario())
 
@@ -105,7 +109,7 @@ def test_maintenance_waits_for_running_builds_or_refuses() -> None:
     async def refused() -> None:
         with pytest.raises(MaintenanceRefused, match="1 builds still running"):
             await window.begin(drain_timeout=0.3, limit=60)
-        assert builds.concurrency == 4 and not window.active
+        assert not builds.paused and not window.active
 
     asyncio.run(refused())
 
@@ -134,7 +138,7 @@ def test_maintenance_closes_by_itself_after_its_limit() -> None:
         await asyncio.sleep(0.3)
 
     asyncio.run(scenario())
-    assert not window.active and builds.concurrency == 4 and builds.scheduled == 1
+    assert not window.active and not builds.paused and builds.resumed == 1
 
 
 def test_log_budget_drops_the_oldest_logs_but_never_a_running_builds(tmp_path: Path) -> None:
