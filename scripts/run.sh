@@ -130,6 +130,8 @@ while [ $# -gt 0 ]; do
 done
 
 say() { printf 'run: %s\n' "$*"; }
+# A clone URL as one path segment of a launch link (/v2/git/<here>/<ref>).
+url_encode() { "$PY" -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$1"; }
 die() { printf 'run: ERROR: %s\n' "$*" >&2; exit 1; }
 
 port_busy() {  # port [ip]
@@ -595,27 +597,20 @@ if [ -n "$PUBLIC" ]; then
     say "  listening on $LISTEN:$PUBLIC_PORT only; binderbuild, the hub's API, the proxy's API"
     say "  and the registry stay on 127.0.0.1 / the servers' network"
     if [ -n "$DEMO_URL" ]; then
-        enc="$("$PY" -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$DEMO_URL")"
-        say "open the demo: $PUBLIC_ORIGIN/v2/git/$enc/HEAD"
+        say "open the demo: $PUBLIC_ORIGIN/v2/git/$(url_encode "$DEMO_URL")/HEAD"
     fi
-    say "Ctrl-C stops everything."
-    set +e
-    while :; do
-        wait
-        sleep 1
-    done
+else
+    echo
+    say "a complete Binder is running:"
+    say "  binderbuild  http://127.0.0.1:$PORT/"
+    say "  JupyterHub   http://127.0.0.1:$HUB_PORT/ (servers are reached here)"
+    if [ -n "$DEMO_URL" ]; then
+        enc="$(url_encode "$DEMO_URL")"
+        say "open the demo: http://127.0.0.1:$PORT/v2/git/$enc/HEAD"
+        say "  (its event stream: curl -N -H 'Accept: text/event-stream' http://127.0.0.1:$PORT/build/git/$enc/HEAD)"
+    fi
+    say "any repository: http://127.0.0.1:$PORT/v2/git/<url-encoded clone URL>/<ref>"
 fi
-
-echo
-say "a complete Binder is running:"
-say "  binderbuild  http://127.0.0.1:$PORT/"
-say "  JupyterHub   http://127.0.0.1:$HUB_PORT/ (servers are reached here)"
-if [ -n "$DEMO_URL" ]; then
-    enc="$("$PY" -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$DEMO_URL")"
-    say "open the demo: http://127.0.0.1:$PORT/v2/git/$enc/HEAD"
-    say "  (its event stream: curl -N -H 'Accept: text/event-stream' http://127.0.0.1:$PORT/build/git/$enc/HEAD)"
-fi
-say "any repository: http://127.0.0.1:$PORT/v2/git/<url-encoded clone URL>/<ref>"
 say "Ctrl-C stops everything."
 
 # The supervisors run until Ctrl-C / SIGTERM (the traps above stop them).

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from binderbuild.models import ResolvedRef
 from tests.hub.conftest import (  # noqa: F401  (fixtures, registered by import)
     _check_proxy_installed,
     make_image,
@@ -29,6 +30,21 @@ from tests.hubservice import HubService
 
 # Appended to the generated config; harmless when hubconfig already says so.
 KEEP_SERVERS = "c.JupyterHub.cleanup_servers = False\n"
+
+
+def pinned_git_ref(url: str, sha: str) -> ResolvedRef:
+    """What binderbuild's git provider resolves ``<url>/<sha>`` to: a ref
+    asked for by its commit (the image name is computed from it)."""
+    return ResolvedRef(
+        provider_id="git",
+        spec=f"{url}/{sha}",
+        unresolved_ref=sha,
+        resolved_ref=sha,
+        resolved_spec=f"{url}/{sha}",
+        repo_url=url,
+        ref_url=url,
+        slug_source=url,
+    )
 
 
 @contextlib.contextmanager

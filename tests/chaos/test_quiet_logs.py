@@ -16,9 +16,8 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 
-from binderbuild.models import ResolvedRef
 from binderbuild.naming import image_spec
-from tests.chaos.conftest import frozen
+from tests.chaos.conftest import frozen, pinned_git_ref
 from tests.conftest import service_config
 from tests.hub.conftest import IMAGE_PREFIX
 from tests.hub.test_spawner import wait_until
@@ -36,16 +35,7 @@ def _prebuilt_repo(git_server: GitServer, image: str, docker_client: Any) -> str
     name = f"quiet-{time.monotonic_ns()}"
     sha = make_repo(git_server.root, name, dockerfile_repo_files(name))
     url = git_server.git_url(name)
-    ref = ResolvedRef(
-        provider_id="git",
-        spec=f"{url}/{sha}",
-        unresolved_ref=sha,
-        resolved_ref=sha,
-        resolved_spec=f"{url}/{sha}",
-        repo_url=url,
-        ref_url=url,
-        slug_source=url,
-    )
+    ref = pinned_git_ref(url, sha)
     spec = image_spec(ref, IMAGE_PREFIX)
     docker_client.images.get(image).tag(spec.repository, spec.tag)
     return f"{quote(url, safe='')}/{sha}"

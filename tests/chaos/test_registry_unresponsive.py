@@ -25,9 +25,9 @@ from urllib.parse import quote
 
 import pytest
 
-from binderbuild.models import ResolvedRef
 from binderbuild.naming import image_spec
 from tests.api.helpers import build_status, call, list_builds, post_build, wait_for
+from tests.chaos.conftest import pinned_git_ref
 from tests.chaos.test_build_crash import TOKEN, alive, descendants
 from tests.realservices import (
     RegistryServer,
@@ -94,16 +94,7 @@ def prebuilt(registry: RegistryServer, git_server: Any, docker_client: Any) -> t
     name = f"regchaos-{time.monotonic_ns()}"
     sha = make_repo(git_server.root, name, dockerfile_repo_files(name))
     url = git_server.git_url(name)
-    ref = ResolvedRef(
-        provider_id="git",
-        spec=f"{url}/{sha}",
-        unresolved_ref=sha,
-        resolved_ref=sha,
-        resolved_spec=f"{url}/{sha}",
-        repo_url=url,
-        ref_url=url,
-        slug_source=url,
-    )
+    ref = pinned_git_ref(url, sha)
     image = image_spec(ref, f"{registry.host}/{PREFIX}")
     build_context_image(
         docker_client,

@@ -34,6 +34,23 @@ def manifest_status(registry: ScriptRegistry, image: str) -> int:
     return _http_status(f"{registry.url}/v2/{repository}/manifests/{tag}", headers)
 
 
+def registry_service_config(registry: ScriptRegistry, prefix: str) -> list[str]:
+    """binderbuild's configuration lines for building and pushing to
+    scripts/services.sh's registry (with its credentials), images under
+    ``prefix``, the registry asked on every request."""
+    user, password = registry.credentials()
+    return [
+        "c.BinderBuild.allowed_internal_networks = ['127.0.0.0/8']",
+        "c.DockerBuilder.build_network = 'none'",
+        "c.BinderBuild.use_registry = True",
+        f"c.DockerRegistry.url = {registry.url!r}",
+        f"c.DockerRegistry.username = {user!r}",
+        f"c.DockerRegistry.password = {password!r}",
+        f"c.BinderBuild.image_prefix = {prefix!r}",
+        "c.BinderBuild.image_exists_cache_ttl = 0",
+    ]
+
+
 def test_builds_queue_during_registry_gc_and_succeed_after(
     tmp_path: Path, start_service, docker_client: Any, make_fixture_repo
 ) -> None:
@@ -45,19 +62,11 @@ def test_builds_queue_during_registry_gc_and_succeed_after(
     started = registry.run("start")
     assert started.returncode == 0, started.stdout + started.stderr
     prefix = f"127.0.0.1:{registry.port}/bbgc-{secrets.token_hex(3)}-"
-    user, password = registry.credentials()
     try:
         service = start_service(
             "\n".join(
                 [
-                    "c.BinderBuild.allowed_internal_networks = ['127.0.0.0/8']",
-                    "c.DockerBuilder.build_network = 'none'",
-                    "c.BinderBuild.use_registry = True",
-                    f"c.DockerRegistry.url = {registry.url!r}",
-                    f"c.DockerRegistry.username = {user!r}",
-                    f"c.DockerRegistry.password = {password!r}",
-                    f"c.BinderBuild.image_prefix = {prefix!r}",
-                    "c.BinderBuild.image_exists_cache_ttl = 0",
+                    *registry_service_config(registry, prefix),
                     f"c.BinderBuild.api_tokens = {{{TOKEN!r}: 'ops'}}",
                 ]
             )

@@ -30,7 +30,7 @@ import pytest
 from tests.api.helpers import call
 from tests.api.test_admin_api import metric
 from tests.integration.test_build_pipeline import build_url, wait_until
-from tests.integration.test_lifecycle_gc import manifest_status
+from tests.integration.test_lifecycle_gc import manifest_status, registry_service_config
 from tests.integration.test_lifecycle_real import build_image
 from tests.ops.test_singlemachine_registry import SERVICES, ScriptRegistry
 from tests.realservices import GitServer, add_commit, free_port
@@ -133,14 +133,7 @@ def test_a_push_that_hits_a_full_disk_fails_so_and_recovers_after_cleanup(
         service = start_service(
             "\n".join(
                 [
-                    "c.BinderBuild.allowed_internal_networks = ['127.0.0.0/8']",
-                    "c.DockerBuilder.build_network = 'none'",
-                    "c.BinderBuild.use_registry = True",
-                    f"c.DockerRegistry.url = {registry.url!r}",
-                    f"c.DockerRegistry.username = {user!r}",
-                    f"c.DockerRegistry.password = {password!r}",
-                    f"c.BinderBuild.image_prefix = {prefix!r}",
-                    "c.BinderBuild.image_exists_cache_ttl = 0",
+                    *registry_service_config(registry, prefix),
                     "c.RegistryLifecycle.enabled = True",
                     # Far from the budget: only the full disk starts this cleanup.
                     "c.RegistryLifecycle.budget = '100G'",

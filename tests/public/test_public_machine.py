@@ -325,6 +325,15 @@ def test_upgrade_keeps_users_history_and_images(
     assert_state_kept(s, repo, builds, users)
 
 
+def backup_sh(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(ROOT / "scripts" / "backup.sh"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def test_backup_wipe_restore_brings_back_users_history_and_images(
     public_stack: PublicStack, repo: str, tmp_path: Path
 ) -> None:
@@ -334,20 +343,7 @@ def test_backup_wipe_restore_brings_back_users_history_and_images(
     archive = tmp_path / "backup.tar"
     # While the stack runs: the databases by SQLite's backup API, the
     # registry read-only meanwhile, and writable again afterwards.
-    done = subprocess.run(
-        [
-            "bash",
-            str(ROOT / "scripts" / "backup.sh"),
-            "create",
-            "--state",
-            str(s.state),
-            "--out",
-            str(archive),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = backup_sh("create", "--state", str(s.state), "--out", str(archive), timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "registry read-only" in done.stdout and "writable again" in done.stdout, done.stdout
     assert s._answers("/versions")
@@ -356,34 +352,10 @@ def test_backup_wipe_restore_brings_back_users_history_and_images(
     # restore refuses a directory with state in it unless told.
     s.state.mkdir()
     (s.state / "something").write_text("x")
-    refused_restore = subprocess.run(
-        [
-            "bash",
-            str(ROOT / "scripts" / "backup.sh"),
-            "restore",
-            str(archive),
-            "--state",
-            str(s.state),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    refused_restore = backup_sh("restore", str(archive), "--state", str(s.state), timeout=60)
     assert refused_restore.returncode != 0 and "not empty" in refused_restore.stderr
     shutil.rmtree(s.state)
-    done = subprocess.run(
-        [
-            "bash",
-            str(ROOT / "scripts" / "backup.sh"),
-            "restore",
-            str(archive),
-            "--state",
-            str(s.state),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = backup_sh("restore", str(archive), "--state", str(s.state), timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     s.start()
     assert_state_kept(s, repo, builds, users)
