@@ -647,7 +647,8 @@ def counted(check: AdmissionCheck, metrics: Metrics) -> AdmissionCheck:
 
 
 async def queue_check(builds: BuildManager) -> dict[str, Any]:
-    return {"running": builds.running, "queued": builds.queue_length}
+    # paused: a maintenance window holds every build (they queue meanwhile).
+    return {"running": builds.running, "queued": builds.queue_length, "paused": builds.paused}
 
 
 def listen_origin(ip: str, port: int) -> str:

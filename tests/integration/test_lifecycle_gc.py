@@ -34,6 +34,11 @@ def manifest_status(registry: ScriptRegistry, image: str) -> int:
     return _http_status(f"{registry.url}/v2/{repository}/manifests/{tag}", headers)
 
 
+def queue_check(base: str) -> dict[str, Any]:
+    checks = call(f"{base}/health").json()["checks"]
+    return next(c for c in checks if c["service"] == "queue")  # type: ignore[no-any-return]
+
+
 def registry_service_config(registry: ScriptRegistry, prefix: str) -> list[str]:
     """binderbuild's configuration lines for building and pushing to
     scripts/services.sh's registry (with its credentials), images under
@@ -82,6 +87,8 @@ def test_builds_queue_during_registry_gc_and_succeed_after(
         opened = call(f"{admin}?action=start", "POST", headers=AUTH)
         assert opened.status == 200, opened.text
         assert opened.json()["maintenance"] is True
+        # /health says so too (no token needed: operators' monitoring).
+        wait_until(lambda: queue_check(service.url)["paused"] is True, "/health: paused")
 
         # A request during the window queues.
         second = make_fixture_repo()
@@ -104,6 +111,7 @@ def test_builds_queue_during_registry_gc_and_succeed_after(
 
         closed = call(f"{admin}?action=end", "POST", headers=AUTH)
         assert closed.status == 200 and closed.json()["maintenance"] is False, closed.text
+        wait_until(lambda: queue_check(service.url)["paused"] is False, "/health: not paused")
         follower.join(timeout=300)
         after = result["r"]
         assert after.phases[-1] == "ready", after.events
