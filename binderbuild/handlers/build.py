@@ -156,12 +156,18 @@ class EventStreamHandler(BaseHandler):
         if self._joined is not None:
             contextvars.copy_context().run(self._after_build)
 
-    def _after_build(self) -> None:
+    def _detach(self) -> JoinedRun:
+        """Stop following the joined build (its end came, or the client left),
+        under this request's id for what follows."""
         joined, self._joined = self._joined, None
         assert joined is not None
         joined.build.unsubscribe(self)
         joined.build.unwatch()
         set_request_id(getattr(self.request, "_binderbuild_request_id", None))
+        return joined
+
+    def _after_build(self) -> None:
+        joined = self._detach()
         task = asyncio.get_running_loop().create_task(
             self.stream(self.ctx.pipeline.after_join(joined))
         )
@@ -170,11 +176,7 @@ class EventStreamHandler(BaseHandler):
 
     def _abandon_joined(self) -> None:
         """The client of a waiting joined stream left: report and close it."""
-        joined, self._joined = self._joined, None
-        assert joined is not None
-        joined.build.unsubscribe(self)
-        joined.build.unwatch()
-        set_request_id(getattr(self.request, "_binderbuild_request_id", None))
+        joined = self._detach()
         _keepalives_for(self.ctx.settings.keepalive_interval).discard(self)
         log.debug("client left the event stream")
         self.ctx.pipeline.abandon_join(joined, asyncio.CancelledError())
